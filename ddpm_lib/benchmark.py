@@ -1,0 +1,106 @@
+"""Throughput and memory of the training presets on one device (a measurement, not a test).
+
+``python -m ddpm_lib benchmark [--preset NAME ...] [--device D]`` prints, per preset: training
+images/s and step time (after warm-up steps), sampling images/s (one network evaluation per image
+per step, i.e. per-step throughput of the DDIM loop), and peak memory (CUDA: the allocator's
+peak; CPU: the process's peak resident set size, which includes everything loaded before).
+"""
+
+from __future__ import annotations
+
+import resource
+import sys
+import time
+from functools import partial
+
+import torch
+
+from .forward import q_sample
+from .losses import simple_loss
+from .samplers import ddim_step, model_denoiser, sample
+from .training import PRESETS, pick_device
+from .unet import UNet
+
+__all__ = ["benchmark_preset"]
+
+
+def _sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def _peak_mib(dev: torch.device) -> float:
+    if dev.type == "cuda":
+        return torch.cuda.max_memory_allocated(dev) / 2**20
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return rss / (2**20 if sys.platform == "darwin" else 2**10)
+
+
+def benchmark_preset(
+    name: str, device: str | None = None, train_steps: int = 10, warmup: int = 3, sample_batch: int = 64, sample_steps: int = 10
+) -> dict:
+    """Measure one preset on random data shaped like MNIST.
+
+    Returns:
+        A dict with ``preset``, ``device``, ``params``, ``batch_size``, ``train_images_per_s``,
+        ``train_step_ms``, ``sample_images_per_s`` (images x steps per second, i.e. network
+        evaluations per second), ``peak_memory_mib``.
+
+    Raises:
+        KeyError: for an unknown preset name.
+    """
+    if name not in PRESETS:
+        raise KeyError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}.")
+    cfg = PRESETS[name]
+    dev = pick_device(device)
+    torch.manual_seed(0)
+    model = UNet(cfg.model).to(dev)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
+    B = cfg.batch_size
+    x0 = torch.rand(B, 1, 28, 28, device=dev) * 2 - 1
+    use_bf16 = cfg.bf16 and dev.type == "cuda"
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+
+    def train_step() -> None:
+        t = torch.randint(1, cfg.schedule.T + 1, (B,), device=dev)
+        eps = torch.randn_like(x0)
+        xt = q_sample(x0, t, eps, cfg.schedule)
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_bf16):
+            out = model(xt, t)
+        loss = simple_loss(out.float(), x0, eps, t, cfg.schedule, cfg.target)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    for _ in range(warmup):
+        train_step()
+    _sync(dev)
+    t0 = time.perf_counter()
+    for _ in range(train_steps):
+        train_step()
+    _sync(dev)
+    train_s = (time.perf_counter() - t0) / train_steps
+
+    model.eval()
+    denoiser = model_denoiser(model, cfg.schedule, cfg.target)
+    x_T = torch.randn(sample_batch, 1, 28, 28, device=dev)
+    steps = list(range(cfg.schedule.T, 0, -cfg.schedule.T // sample_steps))[:sample_steps]
+    with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_bf16):
+        sample(denoiser, cfg.schedule, partial(ddim_step, eta=0.0), x_T, steps[:2])
+        _sync(dev)
+        t0 = time.perf_counter()
+        sample(denoiser, cfg.schedule, partial(ddim_step, eta=0.0), x_T, steps)
+        _sync(dev)
+    sample_s = time.perf_counter() - t0
+    return {
+        "preset": name,
+        "device": str(dev),
+        "params": sum(p.numel() for p in model.parameters()),
+        "batch_size": B,
+        "train_images_per_s": round(B / train_s, 1),
+        "train_step_ms": round(1000 * train_s, 1),
+        "sample_images_per_s": round(sample_batch * len(steps) / sample_s, 1),
+        "peak_memory_mib": round(_peak_mib(dev), 1),
+        "torch_threads": torch.get_num_threads(),
+    }

@@ -1,0 +1,132 @@
+"""Checkpoints: one safetensors file holding tensors and a JSON config, written atomically.
+
+Layout of a checkpoint file (format 1):
+
+* tensors ``model.*`` (the raw weights), ``ema.*`` (the exponential moving average used for
+  sampling), ``optim.*`` (AdamW's moments), ``schedule.beta`` (float64, shape ``(T + 1,)``) and
+  ``rng.*`` (generator states, uint8), so that training resumes exactly;
+* the safetensors metadata entry ``"ddpm_lib"``: a JSON object with ``format``, ``model`` (the
+  :class:`~ddpm_lib.unet.UNetConfig`), ``schedule`` (its name), ``train`` (the training config),
+  ``state`` (step, images seen, wall time) and ``optim`` (AdamW's hyper-parameters).
+
+Writing goes to a temporary file in the same folder, then ``os.replace`` renames it over the
+target, so a crash never leaves a half-written checkpoint. ``python -m ddpm_lib info PATH`` prints
+the JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from .schedules import Schedule
+from .unet import UNet, UNetConfig
+
+__all__ = ["FORMAT", "save_checkpoint", "read_checkpoint", "Checkpoint", "load_model", "LoadedModel"]
+
+FORMAT = 1
+_META_KEY = "ddpm_lib"
+
+
+def save_checkpoint(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    """Write ``tensors`` and the JSON-serializable ``meta`` to ``path`` atomically.
+
+    Raises:
+        TypeError: if ``meta`` is not JSON-serializable.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps({"format": FORMAT, **meta}, sort_keys=True)
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata={_META_KEY: text})
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """What :func:`read_checkpoint` returns: all tensors (on the CPU) and the parsed JSON config."""
+
+    tensors: dict[str, torch.Tensor]
+    meta: dict
+
+    def prefixed(self, prefix: str) -> dict[str, torch.Tensor]:
+        """The tensors whose names start with ``prefix + "."``, with the prefix removed."""
+        n = len(prefix) + 1
+        return {k[n:]: v for k, v in self.tensors.items() if k.startswith(prefix + ".")}
+
+
+def read_checkpoint(path: str | Path) -> Checkpoint:
+    """Read a checkpoint written by :func:`save_checkpoint`.
+
+    Raises:
+        FileNotFoundError: if ``path`` does not exist.
+        ValueError: if the file is not a ddpm_lib checkpoint or has another format version.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}; train one with `python -m ddpm_lib train --preset mnist-cpu --out DIR`.")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta_raw = (f.metadata() or {}).get(_META_KEY)
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as err:
+        raise ValueError(f"{path} is not a readable safetensors file: {err}") from err
+    if meta_raw is None:
+        raise ValueError(f"{path} is a safetensors file but not a ddpm_lib checkpoint (no '{_META_KEY}' metadata).")
+    meta = json.loads(meta_raw)
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{path} has checkpoint format {meta.get('format')!r}; this ddpm_lib reads format {FORMAT}.")
+    return Checkpoint(tensors, meta)
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A network ready to sample from, with what it needs to be interpreted."""
+
+    model: UNet
+    schedule: Schedule
+    target: str
+    meta: dict
+
+
+def load_model(path: str | Path, weights: str = "ema", device: str | torch.device = "cpu") -> LoadedModel:
+    """Rebuild the U-Net of a checkpoint, load its ``"ema"`` (default) or ``"model"`` weights, set eval mode.
+
+    Raises:
+        FileNotFoundError, ValueError: from :func:`read_checkpoint`; ``ValueError`` also when the
+            stored config or weights do not match this code's architecture, naming the keys and
+            shapes that differ.
+    """
+    if weights not in ("ema", "model"):
+        raise ValueError(f"weights must be 'ema' or 'model', got {weights!r}.")
+    ckpt = read_checkpoint(path)
+    config = UNetConfig.from_dict(ckpt.meta["model"])
+    model = UNet(config)
+    state = ckpt.prefixed(weights)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = sorted(k for k in set(state) & set(expected) if state[k].shape != expected[k].shape)
+    if missing or unexpected or wrong:
+        detail = "; ".join(
+            f"{name}: {keys[:5]}{' ...' if len(keys) > 5 else ''}"
+            for name, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong))
+            if keys
+        )
+        raise ValueError(f"{path}: the {weights} weights do not fit UNet({config}): {detail}.")
+    model.load_state_dict(state)
+    schedule = Schedule(ckpt.tensors["schedule.beta"], name=ckpt.meta["schedule"]["name"])
+    return LoadedModel(model.to(device).eval(), schedule, ckpt.meta["train"]["target"], ckpt.meta)

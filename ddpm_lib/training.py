@@ -1,0 +1,304 @@
+"""Training a DDPM: presets, the loop, periodic checkpoints and samples, exact resumption.
+
+Ho et al. (2020), Algorithm 1: draw ``x0`` from the data, ``t`` uniform on ``1..T`` and
+``eps ~ N(0, I)``; form ``xt = q_sample(x0, t, eps)``; take a gradient step on the loss between the
+network's output and its target. Book chapter "Training a DDPM on MNIST".
+
+Everything random in the loop comes from one ``torch.Generator`` (batch order, ``t``, ``eps``)
+whose state is stored in the checkpoint with the weights, the EMA and AdamW's moments, so that a
+run stopped and resumed ends with the same weights as an uninterrupted one (tested on the CPU).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field, replace
+from functools import partial
+from pathlib import Path
+
+import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from tqdm.auto import tqdm
+
+from .checkpoint import read_checkpoint, save_checkpoint
+from .data import load_mnist, save_grid, to_model, to_uint8
+from .forward import q_sample
+from .losses import simple_loss, vlb_loss
+from .parameterizations import TARGETS
+from .samplers import ddim_step, ddim_timesteps, model_denoiser, clip_denoiser, sample
+from .schedules import Schedule, cosine_schedule, linear_schedule
+from .unet import UNet, UNetConfig
+
+__all__ = ["TrainConfig", "PRESETS", "pick_device", "train", "LOSSES", "CHECKPOINT_NAME"]
+
+LOSSES = {"simple": simple_loss, "vlb": vlb_loss}
+CHECKPOINT_NAME = "checkpoint.safetensors"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """A training run's settings; stored (but for ``schedule``, stored as tensors) in its checkpoints.
+
+    Attributes:
+        model: the U-Net's architecture.
+        schedule: the noise schedule (its betas go into the checkpoint).
+        target: what the network predicts: ``"eps"``, ``"x0"`` or ``"v"``.
+        loss: ``"simple"`` (:func:`~ddpm_lib.losses.simple_loss`) or ``"vlb"``.
+        steps: optimizer steps in all (``--steps`` overrides it).
+        batch_size: images per step.
+        lr, weight_decay, warmup_steps: AdamW's learning rate (linear warm-up, then constant).
+        grad_clip: maximum global gradient norm.
+        ema_decay: decay of the exponential moving average of the weights.
+        seed: seeds the weights and the generator of batches, ``t`` and ``eps``.
+        log_every, checkpoint_every, sample_every: intervals in steps.
+        sample_steps, sample_count: the DDIM steps and the number of images of the sample grid.
+        bf16: bf16 autocast on CUDA (ignored elsewhere).
+    """
+
+    model: UNetConfig
+    schedule: Schedule = field(default_factory=linear_schedule)
+    target: str = "eps"
+    loss: str = "simple"
+    steps: int = 10000
+    batch_size: int = 128
+    lr: float = 2e-4
+    weight_decay: float = 0.0
+    warmup_steps: int = 200
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    seed: int = 0
+    log_every: int = 50
+    checkpoint_every: int = 500
+    sample_every: int = 2000
+    sample_steps: int = 50
+    sample_count: int = 64
+    bf16: bool = True
+
+    def __post_init__(self) -> None:
+        if self.target not in TARGETS:
+            raise ValueError(f"target must be one of {TARGETS}, got {self.target!r}.")
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss must be one of {sorted(LOSSES)}, got {self.loss!r}.")
+        for name in ("steps", "batch_size", "log_every", "checkpoint_every", "sample_every", "sample_steps", "sample_count"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}.")
+
+    def to_json(self) -> dict:
+        """The JSON part of the config (the schedule is stored as a tensor plus its name)."""
+        d = {k: v for k, v in asdict(self).items() if k not in ("model", "schedule")}
+        return d
+
+
+PRESETS: dict[str, TrainConfig] = {
+    # The book's main model, meant for a GPU (runs anywhere, slowly on a CPU).
+    "mnist": TrainConfig(
+        model=UNetConfig(channels=(64, 128, 256), num_res_blocks=2, attention_heads=4, dropout=0.1),
+        schedule=linear_schedule(1000),
+        steps=40000,
+        batch_size=128,
+        lr=2e-4,
+        ema_decay=0.9995,
+        checkpoint_every=1000,
+        sample_every=5000,
+    ),
+    # Sized to train on 2 CPU cores in about 10 minutes.
+    "mnist-cpu": TrainConfig(
+        model=UNetConfig(channels=(16, 32, 64), num_res_blocks=1, attention_heads=4),
+        schedule=cosine_schedule(1000),
+        steps=2000,
+        batch_size=64,
+        lr=1e-3,
+        warmup_steps=100,
+        ema_decay=0.995,
+        log_every=25,
+        checkpoint_every=250,
+        sample_every=1000,
+        sample_steps=50,
+    ),
+}
+
+
+def pick_device(name: str | None = None) -> torch.device:
+    """``name`` if given (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``), else CUDA, else MPS, else the CPU.
+
+    Raises:
+        RuntimeError: if the named device is not available.
+    """
+    if name is not None:
+        dev = torch.device(name)
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError("--device cuda was asked for, but torch.cuda.is_available() is False.")
+        if dev.type == "mps" and not torch.backends.mps.is_available():
+            raise RuntimeError("--device mps was asked for, but MPS is not available.")
+        return dev
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def _flatten_optimizer(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list]:
+    sd = opt.state_dict()
+    tensors = {f"optim.{i}.{k}": torch.as_tensor(v) for i, st in sd["state"].items() for k, v in st.items()}
+    return tensors, sd["param_groups"]
+
+
+def _unflatten_optimizer(tensors: dict[str, torch.Tensor], groups: list) -> dict:
+    state: dict[int, dict] = {}
+    for key, v in tensors.items():
+        i, k = key.split(".", 1)
+        state.setdefault(int(i), {})[k] = v
+    return {"state": state, "param_groups": groups}
+
+
+def _comparable(meta_train: dict) -> dict:
+    return {k: v for k, v in meta_train.items() if k != "steps"}
+
+
+def train(
+    config: TrainConfig,
+    out_dir: str | Path,
+    device: str | torch.device | None = None,
+    steps: int | None = None,
+    images: torch.Tensor | None = None,
+    progress: bool = True,
+) -> Path:
+    """Train (or resume) a DDPM; write the checkpoint, ``samples.png`` and ``metrics.jsonl`` into ``out_dir``.
+
+    Args:
+        config: the run's settings (see :data:`PRESETS`).
+        out_dir: the run's folder. If it holds a checkpoint, training resumes from it; the
+            checkpoint's config must then equal ``config`` (but for ``steps``).
+        device: see :func:`pick_device`.
+        steps: total optimizer steps, overriding ``config.steps``.
+        images: uint8 training images ``(N, 28, 28)``; default: the 60,000 MNIST training images.
+        progress: show a tqdm progress bar.
+
+    Returns:
+        The path of the final checkpoint.
+
+    Raises:
+        ValueError: if ``out_dir`` holds a checkpoint of a different configuration.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if steps is not None:
+        config = replace(config, steps=steps)
+    dev = pick_device(None if device is None else str(device))
+    ckpt_path = out / CHECKPOINT_NAME
+    metrics_path = out / "metrics.jsonl"
+
+    torch.manual_seed(config.seed)
+    model = UNet(config.model).to(dev)
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay), use_buffers=True)
+    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / config.warmup_steps))
+    gen = torch.Generator().manual_seed(config.seed)
+    step, seen, wall = 0, 0, 0.0
+
+    if ckpt_path.exists():
+        ckpt = read_checkpoint(ckpt_path)
+        stored = ckpt.meta
+        mine = {"model": config.model.to_dict(), "train": _comparable(config.to_json())}
+        theirs = {"model": stored["model"], "train": _comparable(stored["train"])}
+        if mine != theirs or not torch.equal(ckpt.tensors["schedule.beta"], config.schedule.beta):
+            diff = [f"{sec}.{k}: checkpoint {theirs[sec].get(k)!r} vs now {mine[sec].get(k)!r}"
+                    for sec in ("model", "train") for k in set(mine[sec]) | set(theirs[sec])
+                    if mine[sec].get(k) != theirs[sec].get(k)]
+            if not torch.equal(ckpt.tensors["schedule.beta"], config.schedule.beta):
+                diff.append("schedule: the betas differ")
+            raise ValueError(
+                f"{ckpt_path} was written by a different configuration ({'; '.join(sorted(diff))}). "
+                "Resume with the same preset, or pass a new --out folder."
+            )
+        model.load_state_dict(ckpt.prefixed("model"))
+        ema.module.load_state_dict(ckpt.prefixed("ema"))
+        ema.n_averaged.copy_(ckpt.tensors["ema_n_averaged"])
+        opt.load_state_dict(_unflatten_optimizer(ckpt.prefixed("optim"), stored["optim"]))
+        sched.load_state_dict(stored["lr_scheduler"])
+        gen.set_state(ckpt.tensors["rng.generator"])
+        torch.set_rng_state(ckpt.tensors["rng.torch"])
+        step, seen, wall = stored["state"]["step"], stored["state"]["images_seen"], stored["state"]["wall_s"]
+        if metrics_path.exists():  # drop log lines written after the checkpoint we resume from
+            kept = [ln for ln in metrics_path.read_text().splitlines() if json.loads(ln)["step"] <= step]
+            metrics_path.write_text("".join(ln + "\n" for ln in kept))
+
+    def save() -> None:
+        opt_tensors, groups = _flatten_optimizer(opt)
+        tensors = {
+            **{f"model.{k}": v for k, v in model.state_dict().items()},
+            **{f"ema.{k}": v for k, v in ema.module.state_dict().items()},
+            "ema_n_averaged": ema.n_averaged,
+            **opt_tensors,
+            "schedule.beta": config.schedule.beta,
+            "rng.generator": gen.get_state(),
+            "rng.torch": torch.get_rng_state(),
+        }
+        meta = {
+            "model": config.model.to_dict(),
+            "schedule": {"name": config.schedule.name, "T": config.schedule.T},
+            "train": config.to_json(),
+            "state": {"step": step, "images_seen": seen, "wall_s": wall},
+            "optim": groups,
+            "lr_scheduler": sched.state_dict(),
+        }
+        save_checkpoint(ckpt_path, tensors, meta)
+
+    def write_samples() -> None:
+        denoiser = clip_denoiser(model_denoiser(ema.module.eval(), config.schedule, config.target))
+        g = torch.Generator().manual_seed(config.seed + 1)
+        x_T = torch.randn((config.sample_count, 1, 28, 28), generator=g).to(dev)
+        x0 = sample(denoiser, config.schedule, partial(ddim_step, eta=0.0), x_T,
+                    ddim_timesteps(config.schedule.T, config.sample_steps), g)
+        save_grid(to_uint8(x0), out / "samples.png")
+
+    data = to_model(load_mnist("train")[0] if images is None else images).to(dev)
+    n = data.shape[0]
+    loss_fn = LOSSES[config.loss]
+    use_bf16 = config.bf16 and dev.type == "cuda"
+    bar = tqdm(total=config.steps, initial=step, disable=not progress, desc="train", unit="step")
+    t_log, seen_log = time.perf_counter(), seen
+    while step < config.steps:
+        t0 = time.perf_counter()
+        model.train()
+        # the batch: a fresh permutation each epoch, all draws from `gen`
+        epoch, offset = divmod(seen, n)
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(config.seed * 100003 + epoch))
+        idx = perm[offset : offset + config.batch_size]
+        x0 = data[idx.to(dev)]
+        t = torch.randint(1, config.schedule.T + 1, (x0.shape[0],), generator=gen)
+        eps = torch.randn(x0.shape, generator=gen).to(dev)
+        t = t.to(dev)
+        xt = q_sample(x0, t, eps, config.schedule)
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_bf16):
+            output = model(xt, t)
+        loss = loss_fn(output.float(), x0, eps, t, config.schedule, config.target)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        opt.step()
+        sched.step()
+        ema.update_parameters(model)
+        step += 1
+        seen += x0.shape[0]
+        wall += time.perf_counter() - t0
+        bar.update(1)
+        if step % config.log_every == 0 or step == config.steps:
+            now = time.perf_counter()
+            rec = {"step": step, "loss": round(loss.item(), 6), "grad_norm": round(float(grad_norm), 4),
+                   "lr": sched.get_last_lr()[0], "images_per_s": round((seen - seen_log) / (now - t_log), 2),
+                   "images_seen": seen, "wall_s": round(wall, 2)}
+            t_log, seen_log = now, seen
+            with metrics_path.open("a") as f:
+                f.write(json.dumps(rec) + "\n")
+            bar.set_postfix(loss=f"{rec['loss']:.4f}")
+        if step % config.checkpoint_every == 0 or step == config.steps:
+            save()
+        if step % config.sample_every == 0 or step == config.steps:
+            write_samples()
+    bar.close()
+    if not ckpt_path.exists():  # steps was already reached: nothing trained, but leave a checkpoint
+        save()
+    return ckpt_path

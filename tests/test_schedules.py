@@ -1,0 +1,380 @@
+"""Identities of the noise schedules (ddpm_lib.schedules).
+
+Every reference value here is recomputed independently (Python floats and loops, or the paper's
+formula), never copied from the library's output. Tolerances are float64 round-off bounds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+import torch
+
+from ddpm_lib.schedules import Schedule, cosine_schedule, gather, linear_schedule, sigmoid_schedule
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+EPS64 = torch.finfo(torch.float64).eps  # 2.2e-16, one ulp of 1.0 in float64
+
+BUILDERS = {
+    "linear": lambda T: linear_schedule(T),
+    "cosine": lambda T: cosine_schedule(T),
+    "sigmoid": lambda T: sigmoid_schedule(T),
+}
+
+
+@pytest.fixture(params=[(name, T) for name in BUILDERS for T in (1, 10, 1000)], ids=lambda p: f"{p[0]}-T{p[1]}")
+def schedule(request) -> Schedule:
+    name, T = request.param
+    return BUILDERS[name](T)
+
+
+def loop_alpha_bar(beta: list[float]) -> list[float]:
+    """alpha_bar[t] = prod_{s=1}^t (1 - beta[s]) with a plain Python loop (alpha_bar[0] = 1)."""
+    out = [1.0]
+    for b in beta[1:]:
+        out.append(out[-1] * (1.0 - b))
+    return out
+
+
+# --- the timestep convention -----------------------------------------------------------------
+
+
+def test_convention_lengths_and_entry_zero(schedule):
+    T = schedule.T
+    for field in ("beta", "alpha", "alpha_bar", "snr", "log_snr", "posterior_variance"):
+        value = getattr(schedule, field)
+        assert value.shape == (T + 1,), field
+        assert value.dtype == torch.float64, field
+    assert schedule.beta[0].item() == 0.0
+    assert schedule.alpha[0].item() == 1.0
+    assert schedule.alpha_bar[0].item() == 1.0
+    # alpha_bar_1 = alpha_0 * alpha_1 = 1 * (1 - beta_1): a single multiplication by 1 is exact.
+    assert schedule.alpha_bar[1].item() == 1.0 - schedule.beta[1].item()
+
+
+def test_beta_and_alpha_bar_inside_unit_interval(schedule):
+    beta, ab = schedule.beta[1:], schedule.alpha_bar[1:]
+    assert bool(((beta > 0) & (beta < 1)).all())
+    assert bool(((ab > 0) & (ab < 1)).all())
+
+
+def test_alpha_bar_strictly_decreasing(schedule):
+    ab = schedule.alpha_bar
+    assert bool((ab[1:] < ab[:-1]).all())
+
+
+def test_alpha_bar_is_product_of_alphas(schedule):
+    beta = schedule.beta.tolist()
+    ref = torch.tensor(loop_alpha_bar(beta), dtype=torch.float64)
+    # Both sides are products of t <= T factors, each multiplication rounding by <= EPS64/2
+    # relative, so they agree to T * EPS64 relative whatever order torch multiplies in.
+    rtol = schedule.T * EPS64
+    assert torch.allclose(schedule.alpha_bar, ref, rtol=rtol, atol=0.0)
+
+
+def test_alpha_is_one_minus_beta(schedule):
+    assert torch.equal(schedule.alpha, 1.0 - schedule.beta)
+
+
+# --- SNR ------------------------------------------------------------------------------------------
+
+
+def test_snr_inverts_to_alpha_bar(schedule):
+    snr, ab = schedule.snr, schedule.alpha_bar
+    assert math.isinf(snr[0].item()) and snr[0].item() > 0
+    # snr = ab / (1 - ab)  <=>  ab = snr / (1 + snr). 1 - ab is exact for ab >= 1/2 (Sterbenz) and
+    # has relative error <= EPS64 otherwise; a few roundings more: 8 ulps relative.
+    back = snr[1:] / (1.0 + snr[1:])
+    assert torch.allclose(back, ab[1:], rtol=8 * EPS64, atol=0.0)
+
+
+def test_log_snr_is_log_of_snr(schedule):
+    log_snr, snr = schedule.log_snr, schedule.snr
+    assert math.isinf(log_snr[0].item()) and log_snr[0].item() > 0
+    # log(ab) - log1p(-ab) vs log(ab / (1 - ab)): each side carries a few ulps of absolute error
+    # in the log (|log_snr| <= ~25 here); exp turns that into a relative error: 1e-12 is 50x that.
+    assert torch.allclose(torch.exp(log_snr[1:]), snr[1:], rtol=1e-12, atol=0.0)
+    assert bool((log_snr[1:] < log_snr[:-1]).all()), "log SNR must decrease with t"
+
+
+# --- posterior variance -------------------------------------------------------------------------
+
+
+def test_posterior_variance_from_definition(schedule):
+    beta = schedule.beta.tolist()
+    ab = loop_alpha_bar(beta)
+    ref = [0.0] + [(1.0 - ab[t - 1]) / (1.0 - ab[t]) * beta[t] for t in range(1, schedule.T + 1)]
+    ref = torch.tensor(ref, dtype=torch.float64)
+    # alpha_bar_t carries <= t ulps of absolute error (t products), so 1 - alpha_bar_t has relative
+    # error <= t*EPS64 / (1 - alpha_bar_t) <= EPS64 / min_t beta_t (as 1 - ab_t >= t * min beta);
+    # min beta >= 4e-5 for these schedules -> <= 6e-12 per factor; 1e-10 leaves > 5x margin.
+    assert torch.allclose(schedule.posterior_variance, ref, rtol=1e-10, atol=0.0)
+    assert schedule.posterior_variance[1].item() == 0.0  # given x_1 and x_0, x_0 is known
+
+
+@pytest.mark.parametrize("name", list(BUILDERS))
+@pytest.mark.parametrize("T", [2, 10, 1000])  # needs t >= 2, where tilde_beta_t > 0
+def test_posterior_variance_is_precision_sum(name, T):
+    """1/tilde_beta_t = 1/(1 - ab_{t-1}) + alpha_t/beta_t: the precisions of the two Gaussian factors add."""
+    schedule = BUILDERS[name](T)
+    beta = schedule.beta.tolist()
+    ab = loop_alpha_bar(beta)
+    prec = torch.tensor(
+        [1.0 / (1.0 - ab[t - 1]) + (1.0 - beta[t]) / beta[t] for t in range(2, schedule.T + 1)], dtype=torch.float64
+    )
+    # Same error budget as test_posterior_variance_from_definition.
+    assert torch.allclose(1.0 / schedule.posterior_variance[2:], prec, rtol=1e-10, atol=0.0)
+
+
+def test_posterior_variance_below_beta(schedule):
+    # tilde_beta_t = beta_t (1 - ab_{t-1}) / (1 - ab_t) < beta_t since ab_{t-1} > ab_t.
+    assert bool((schedule.posterior_variance[1:] < schedule.beta[1:]).all())
+
+
+# --- constructors -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("T,beta_start,beta_end", [(1000, 1e-4, 0.02), (50, 1e-3, 0.3), (2, 0.1, 0.2)])
+def test_linear_endpoints_and_constant_increments(T, beta_start, beta_end):
+    s = linear_schedule(T, beta_start, beta_end)
+    assert s.name == "linear" and s.T == T
+    # linspace reproduces its endpoints up to one rounding: 2 ulps relative.
+    assert math.isclose(s.beta[1].item(), beta_start, rel_tol=2 * EPS64, abs_tol=0.0)
+    assert math.isclose(s.beta[T].item(), beta_end, rel_tol=2 * EPS64, abs_tol=0.0)
+    step = (beta_end - beta_start) / (T - 1)
+    diffs = torch.diff(s.beta[1:])
+    # each beta has <= a few ulps of beta_end of absolute error; differences inherit twice that.
+    assert torch.allclose(diffs, torch.full_like(diffs, step), rtol=0.0, atol=8 * EPS64 * beta_end)
+
+
+def test_linear_T1_is_beta_start():
+    s = linear_schedule(1, 1e-4, 0.02)
+    assert s.T == 1 and s.beta[1].item() == 1e-4
+
+
+@pytest.mark.parametrize("T,s_off", [(1000, 0.008), (200, 0.008), (100, 0.0)])
+def test_cosine_alpha_bar_matches_paper(T, s_off):
+    """Nichol & Dhariwal (2021), eq. 17: alpha_bar_t = f(t)/f(0), f(t) = cos^2((t/T + s)/(1 + s) pi/2)."""
+    max_beta = 0.999
+    sched = cosine_schedule(T, s=s_off, max_beta=max_beta)
+
+    def f(t: int) -> float:
+        return math.cos((t / T + s_off) / (1 + s_off) * math.pi / 2) ** 2
+
+    # the paper clips beta_t = 1 - f(t)/f(t-1) at max_beta; compare up to the first clipped step.
+    unclipped = []
+    for t in range(1, T + 1):
+        if 1.0 - f(t) / f(t - 1) >= max_beta:
+            break
+        unclipped.append(t)
+    assert len(unclipped) >= T - 2, "the clipping should only touch the last step or so"
+    got = sched.alpha_bar[unclipped]
+    ref = torch.tensor([f(t) / f(0) for t in unclipped], dtype=torch.float64)
+    # The library goes through beta_t = 1 - ratio and back (cumprod of 1 - beta_t): each step adds
+    # a few ulps of absolute error to alpha_t, i.e. <= ~4 EPS64 / alpha_t relative; summed over
+    # the steps that is the bound below (about 1e-12 here).
+    alpha = 1.0 - sched.beta[1 : len(unclipped) + 1]
+    rtol = 8 * EPS64 * float((1.0 / alpha).sum()) + 8 * EPS64
+    assert torch.allclose(got, ref, rtol=rtol, atol=0.0)
+
+
+def test_cosine_clips_last_beta():
+    s = cosine_schedule(1000, max_beta=0.999)
+    # f(T) = cos^2(pi/2) = 0, so the unclipped beta_T would be 1: it must be clipped to max_beta.
+    assert s.beta[-1].item() == 0.999
+    assert float(s.beta.max()) <= 0.999
+
+
+def test_sigmoid_alpha_bar_matches_formula():
+    """Chen (2023), Algorithm 1: alpha_bar(t) = (v_end - sigmoid((start + (end-start) t/T)/tau)) / (v_end - v_start)."""
+    T, start, end, tau = 200, -3.0, 3.0, 0.7
+    s = sigmoid_schedule(T, start, end, tau)
+
+    def sig(z: float) -> float:
+        return 1.0 / (1.0 + math.exp(-z))
+
+    v_start, v_end = sig(start / tau), sig(end / tau)
+    ref = torch.tensor(
+        [(v_end - sig((start + (end - start) * t / T) / tau)) / (v_end - v_start) for t in range(T)], dtype=torch.float64
+    )
+    # t = T (alpha_bar = 0) is clipped; below it the same round-off budget as the cosine test,
+    # loosened by the cancellation v_end - sigmoid(.) near t = T (relative error <= ulp / value).
+    alpha = 1.0 - s.beta[1:T]
+    rtol = 8 * EPS64 * float((1.0 / alpha).sum()) + 8 * EPS64 / float(ref[-1])
+    assert torch.allclose(s.alpha_bar[:T], ref, rtol=rtol, atol=0.0)
+
+
+@pytest.mark.parametrize("name", list(BUILDERS))
+def test_from_alpha_bar_round_trips_beta(name):
+    s = BUILDERS[name](1000)
+    back = Schedule.from_alpha_bar(s.alpha_bar[1:])
+    assert back.T == s.T
+    # beta_t = 1 - ab_t/ab_{t-1}: the ratio has a few ulps of relative error, and 1 - ratio turns
+    # that into a few ulps of *absolute* error (of 1.0) in beta_t: 8 ulps.
+    assert torch.allclose(back.beta, s.beta, rtol=0.0, atol=8 * EPS64)
+
+
+def test_from_beta_matches_direct_construction():
+    b = torch.tensor([0.1, 0.2, 0.3], dtype=torch.float64)
+    s = Schedule.from_beta(b, name="x")
+    assert s.name == "x" and s.T == 3
+    assert torch.equal(s.beta, torch.tensor([0.0, 0.1, 0.2, 0.3], dtype=torch.float64))
+
+
+# --- immutability -------------------------------------------------------------------------------------
+
+
+def test_schedule_fields_cannot_be_assigned():
+    s = linear_schedule(10)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        s.beta = torch.zeros(11, dtype=torch.float64)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        s.name = "other"
+
+
+def test_schedule_copies_its_input():
+    beta = torch.tensor([0.0, 0.1, 0.2], dtype=torch.float64)
+    s = Schedule(beta)
+    beta[1] = 0.5  # mutating the caller's tensor must not change the schedule
+    assert s.beta[1].item() == 0.1
+
+
+def test_derived_tensors_are_fresh():
+    s = linear_schedule(10)
+    ab = s.alpha_bar
+    ab[3] = 123.0  # writing into a derived tensor must not leak into the schedule
+    assert s.alpha_bar[3].item() != 123.0
+
+
+# --- bad inputs ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("builder", [linear_schedule, cosine_schedule, sigmoid_schedule])
+@pytest.mark.parametrize("T", [0, -5, 2.5, 10.0, "10", True])
+def test_bad_T_raises(builder, T):
+    with pytest.raises(ValueError, match=r"T must be an integer >= 1"):
+        builder(T)
+
+
+@pytest.mark.parametrize(
+    "beta_end,first_bad",
+    # linspace(1e-4, beta_end, 10): beta_t = 1e-4 + (t-1)(beta_end - 1e-4)/9 first reaches 1 at
+    # t = 10 for beta_end = 1, and at t = 1 + ceil(9 (1 - 1e-4)/(1.5 - 1e-4)) = 7 for beta_end = 1.5.
+    [(1.0, 10), (1.5, 7)],
+)
+def test_beta_at_least_one_raises(beta_end, first_bad):
+    # the message names the first offending step and hints at the parameter to change
+    with pytest.raises(ValueError, match=rf"open interval \(0, 1\).*beta_{first_bad} = .*beta_end < 1"):
+        linear_schedule(10, beta_end=beta_end)
+
+
+@pytest.mark.parametrize("beta_start", [0.0, -0.01])
+def test_beta_nonpositive_raises(beta_start):
+    with pytest.raises(ValueError, match=r"open interval \(0, 1\).*beta_1 ="):
+        linear_schedule(10, beta_start=beta_start)
+
+
+@pytest.mark.parametrize(
+    "beta",
+    [
+        [0.0, 0.1, float("nan")],  # NaN is not inside (0, 1)
+        [0.0, 0.1, 0.0],
+        [0.0, 1.0],
+    ],
+)
+def test_schedule_rejects_bad_betas(beta):
+    with pytest.raises(ValueError, match=r"open interval \(0, 1\)"):
+        Schedule(torch.tensor(beta, dtype=torch.float64))
+
+
+def test_schedule_rejects_bad_shape_and_entry_zero():
+    with pytest.raises(ValueError, match=r"length T \+ 1 >= 2"):
+        Schedule(torch.tensor([0.0], dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"1-D"):
+        Schedule(torch.zeros(2, 3, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"beta\[0\] must be 0"):
+        Schedule(torch.tensor([0.1, 0.2], dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"T >= 1"):
+        Schedule.from_beta(torch.tensor([], dtype=torch.float64))
+
+
+@pytest.mark.parametrize(
+    "alpha_bar",
+    [
+        [0.9, 0.9, 0.5],  # not strictly decreasing
+        [0.5, 0.8],  # increasing
+        [1.0, 0.5],  # alpha_bar_1 = 1 means beta_1 = 0
+        [0.5, 0.0],  # alpha_bar_T = 0 means beta_T = 1
+        [0.5, -0.1],
+    ],
+)
+def test_from_alpha_bar_rejects_non_decreasing(alpha_bar):
+    with pytest.raises(ValueError, match=r"strictly decreasing"):
+        Schedule.from_alpha_bar(torch.tensor(alpha_bar, dtype=torch.float64))
+
+
+def test_from_alpha_bar_rejects_empty():
+    with pytest.raises(ValueError, match=r"T >= 1"):
+        Schedule.from_alpha_bar(torch.tensor([], dtype=torch.float64))
+
+
+def test_cosine_bad_parameters_raise():
+    with pytest.raises(ValueError, match=r"offset s must be >= 0, got -0.1"):
+        cosine_schedule(10, s=-0.1)
+    for max_beta in (0.0, 1.0, 1.5):
+        with pytest.raises(ValueError, match=r"max_beta must lie in \(0, 1\)"):
+            cosine_schedule(10, max_beta=max_beta)
+
+
+@pytest.mark.parametrize("start,end", [(3.0, 3.0), (4.0, -1.0)])
+def test_sigmoid_start_not_below_end_raises(start, end):
+    with pytest.raises(ValueError, match=r"need start < end"):
+        sigmoid_schedule(10, start=start, end=end)
+
+
+@pytest.mark.parametrize("tau", [0.0, -1.0])
+def test_sigmoid_nonpositive_tau_raises(tau):
+    with pytest.raises(ValueError, match=r"tau must be > 0"):
+        sigmoid_schedule(10, tau=tau)
+
+
+# --- gather --------------------------------------------------------------------------------------------
+
+
+def test_gather_broadcasts_to_batch_shape():
+    s = linear_schedule(20)
+    like = torch.zeros(4, 1, 5, 6, dtype=torch.float32)
+    t = torch.tensor([0, 3, 20, 7])
+    out = gather(s.alpha_bar, t, like)
+    assert out.shape == (4, 1, 1, 1)
+    assert out.dtype == torch.float32
+    for i, ti in enumerate(t.tolist()):
+        assert out[i, 0, 0, 0].item() == s.alpha_bar[ti].to(torch.float32).item()
+    # broadcasting against like works and gives per-example constants
+    assert (out * torch.ones_like(like)).shape == like.shape
+
+
+def test_gather_scalar_t():
+    s = linear_schedule(20)
+    like = torch.zeros(3, 2, dtype=torch.float64)
+    for t in (5, torch.tensor(5)):
+        out = gather(s.beta, t, like)
+        assert out.shape == ()
+        assert out.item() == s.beta[5].item()
+
+
+@pytest.mark.parametrize("t", [[-1], [21], [0, 21], [3, -2]])
+def test_gather_out_of_range_raises(t):
+    s = linear_schedule(20)
+    with pytest.raises(IndexError, match=r"allows 0\.\.20"):
+        gather(s.beta, torch.tensor(t), torch.zeros(len(t), 3))
+
+
+@pytest.mark.parametrize("t", [torch.tensor([1.0, 2.0]), torch.tensor([True, False]), 1.0])
+def test_gather_non_integer_t_raises(t):
+    s = linear_schedule(20)
+    with pytest.raises(TypeError, match=r"must be integers"):
+        gather(s.beta, t, torch.zeros(2, 3))
