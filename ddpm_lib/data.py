@@ -75,7 +75,7 @@ def save_grid(images: torch.Tensor | np.ndarray, path: str | Path, ncol: int | N
     """Save uint8 images ``(N, H, W)`` as one PNG grid (``ncol`` columns, default ``ceil(sqrt(N))``), 2-pixel gaps.
 
     Raises:
-        TypeError, ValueError: if ``images`` is not uint8 of shape ``(N, H, W)`` with ``N >= 1``.
+        ValueError: if ``images`` is not uint8 of shape ``(N, H, W)`` with ``N >= 1``.
     """
     from PIL import Image
 

@@ -13,6 +13,7 @@ combine a schedule with data cast the gathered coefficients to the data's dtype.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 
 import torch
@@ -37,6 +38,9 @@ class Schedule:
         beta: float64 tensor of shape ``(T + 1,)``. ``beta[t]`` is :math:`\\beta_t \\in (0, 1)` for
             ``t >= 1`` (book eq. ``forward-kernel``; Ho et al. 2020, eq. 2) and ``beta[0] = 0``.
         name: a label for plots and checkpoints, e.g. ``"linear"``.
+
+    The dataclass is frozen (fields cannot be reassigned); the tensors it hands out are its own,
+    so do not modify them in place.
 
     Raises:
         ValueError: from the constructors, when ``T < 1``, a ``beta_t`` lies outside ``(0, 1)``, or
@@ -234,10 +238,16 @@ def sigmoid_schedule(
     v_start = torch.sigmoid(torch.tensor(start / tau, dtype=torch.float64))
     v_end = torch.sigmoid(torch.tensor(end / tau, dtype=torch.float64))
     ab = (v_end - torch.sigmoid((start + (end - start) * t) / tau)) / (v_end - v_start)
+    if bool((ab[1:-1] <= 0).any()):  # alpha_bar_T = 0 by construction (then clipped); earlier is underflow
+        t_zero = int(torch.nonzero(ab[1:-1] <= 0)[0]) + 1
+        raise ValueError(
+            f"sigmoid_schedule: alpha_bar underflows to 0 at t = {t_zero} < T with tau={tau}, start={start}, "
+            f"end={end}; use a larger tau (Chen 2023 uses tau in [0.3, 1.1]) or a smaller end - start."
+        )
     beta = torch.clamp(1.0 - ab[1:] / ab[:-1], min=1e-12, max=max_beta)
     return Schedule.from_beta(beta, name="sigmoid")
 
 
 def _check_T(T: int) -> None:
-    if not isinstance(T, int) or isinstance(T, bool) or T < 1:
+    if isinstance(T, bool) or not isinstance(T, numbers.Integral) or T < 1:
         raise ValueError(f"the number of steps T must be an integer >= 1, got {T!r}.")

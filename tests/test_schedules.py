@@ -378,3 +378,15 @@ def test_gather_non_integer_t_raises(t):
     s = linear_schedule(20)
     with pytest.raises(TypeError, match=r"must be integers"):
         gather(s.beta, t, torch.zeros(2, 3))
+
+
+def test_sigmoid_underflow_is_reported_not_nan():
+    # a tiny temperature drives alpha_bar to exactly 0 long before T; that must be a clear error, not NaN betas
+    with pytest.raises(ValueError, match="underflows to 0"):
+        sigmoid_schedule(1000, tau=0.03)
+
+
+def test_numpy_integer_T_is_accepted():
+    import numpy as np
+
+    assert linear_schedule(np.int64(10)).T == 10
