@@ -47,6 +47,9 @@ def save_checkpoint(path: str | Path, tensors: dict[str, torch.Tensor], meta: di
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
     os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
     try:
         save_file(tensors, tmp, metadata={_META_KEY: text})
         os.replace(tmp, path)
