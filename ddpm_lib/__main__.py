@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -23,35 +23,16 @@ def _cmd_train(args: argparse.Namespace) -> None:
 
 def _cmd_sample(args: argparse.Namespace) -> None:
     from .checkpoint import load_model
-    from .data import save_grid, to_uint8
-    from .samplers import clip_denoiser, ddim_step, ddim_timesteps, ddpm_step, model_denoiser, sample
+    from .data import save_grid
+    from .evaluation import generate_images
     from .training import pick_device
 
-    if args.n < 1:
-        raise SystemExit("error: --n must be >= 1.")
     out = Path(args.out)
     if out.suffix != ".npz":
         raise SystemExit(f"error: --out must end in .npz, got {out}.")
     dev = pick_device(args.device)
     loaded = load_model(args.checkpoint, device=dev)
-    T = loaded.schedule.T
-    if args.sampler == "ddpm":
-        if args.steps not in (None, T):
-            raise SystemExit(f"error: the ddpm sampler takes all T = {T} steps; use --sampler ddim for fewer.")
-        step, timesteps = ddpm_step, list(range(T, 0, -1))
-    else:
-        steps = args.steps or 50
-        if not 1 <= steps <= T:
-            raise SystemExit(f"error: --steps must be in 1..{T}, got {steps}.")
-        step, timesteps = partial(ddim_step, eta=args.eta), ddim_timesteps(T, steps)
-    denoiser = clip_denoiser(model_denoiser(loaded.model, loaded.schedule, loaded.target))
-    gen = torch.Generator().manual_seed(args.seed)
-    images = []
-    for start in range(0, args.n, args.batch_size):
-        b = min(args.batch_size, args.n - start)
-        x_T = torch.randn((b, 1, 28, 28), generator=gen).to(dev)
-        images.append(to_uint8(sample(denoiser, loaded.schedule, step, x_T, timesteps, gen)))
-    images = torch.cat(images).numpy()
+    images = generate_images(loaded, args.n, args.sampler, args.steps, args.eta, args.seed, args.batch_size, dev).numpy()
     out.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(out, images=images)
     png = save_grid(images[:256], out.with_suffix(".png"))
@@ -67,8 +48,118 @@ def _cmd_info(args: argparse.Namespace) -> None:
 def _cmd_benchmark(args: argparse.Namespace) -> None:
     from .benchmark import benchmark_preset
 
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     for name in args.preset:
         print(json.dumps(benchmark_preset(name, device=args.device, train_steps=args.train_steps)), flush=True)
+
+
+def _cmd_train_vae(args: argparse.Namespace) -> None:
+    import shlex
+
+    from .vae import VAEConfig, VAETrainConfig, train_vae
+
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    config = VAETrainConfig(model=VAEConfig(latent_dim=args.latent_dim, hidden=tuple(args.hidden)),
+                            batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+    command = " ".join(["python -m ddpm_lib train-vae", "--out", shlex.quote(str(args.out)), "--steps", str(args.steps),
+                        "--latent-dim", str(args.latent_dim), "--hidden", *map(str, args.hidden), "--batch-size",
+                        str(args.batch_size), "--lr", str(args.lr), "--seed", str(args.seed)]
+                       + (["--threads", str(args.threads)] if args.threads is not None else [])
+                       + (["--export", shlex.quote(str(args.export))] if args.export else []))
+    path = train_vae(config, args.out, steps=args.steps, progress=not args.no_progress, command=command, export=args.export)
+    print(f"checkpoint: {path}" + (f"\nweights: {args.export}" if args.export else ""))
+
+
+def _command_line() -> str:
+    return " ".join(["python -m ddpm_lib", *map(shlex.quote, sys.argv[1:])])
+
+
+def _cmd_pretrained(args: argparse.Namespace) -> None:
+    from .checkpoint import WEIGHTS_DIR, pretrained_names, read_checkpoint
+
+    names = pretrained_names()
+    print("\n".join(names))
+    print()
+    for name in names:
+        meta = read_checkpoint(WEIGHTS_DIR / f"{name}.safetensors").meta
+        print(f"# {name}: kind={meta.get('kind', 'ddpm')}; trained by: {meta.get('command', 'n/a')}")
+
+
+def _cmd_export(args: argparse.Namespace) -> None:
+    from .checkpoint import export_weights
+
+    print(export_weights(args.checkpoint, args.out, args.command or f"(exported from {args.checkpoint})"))
+
+
+def _cmd_train_classifier(args: argparse.Namespace) -> None:
+    from .checkpoint import read_checkpoint
+    from .training import train_classifier
+
+    path = train_classifier(args.out, epochs=args.epochs, seed=args.seed, device=args.device,
+                            command=_command_line(), progress=not args.no_progress)
+    print(f"classifier: {path}\ntest accuracy: {read_checkpoint(path).meta['test_accuracy']:.4f}")
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> None:
+    from .checkpoint import load_classifier, load_model
+    from .data import load_mnist
+    from .evaluation import check_images, elbo_bits_per_dim, frechet_distance, generate_images
+    from .training import pick_device
+
+    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
+    unknown = sorted(set(metrics) - {"nll", "fd"})
+    if unknown or not metrics:
+        raise SystemExit(f"error: --metrics takes a comma-separated subset of nll,fd; got {args.metrics!r}.")
+    dev = pick_device(args.device)
+    loaded = load_model(args.checkpoint, device=dev)
+    test_images = load_mnist("test")[0]
+    if args.limit is not None:
+        if args.limit < 2:
+            raise SystemExit("error: --limit must be >= 2.")
+        test_images = test_images[: args.limit]
+    result = {"checkpoint": str(args.checkpoint), "command": _command_line()}
+    if "nll" in metrics:
+        result.update(elbo_bits_per_dim(loaded, test_images, batch_size=args.batch_size, seed=args.seed, device=dev))
+    if "fd" in metrics:
+        classifier = load_classifier(args.classifier)
+        if args.samples:
+            with np.load(args.samples) as f:
+                if "images" not in f:
+                    raise SystemExit(f"error: {args.samples} has no 'images' array; write one with `python -m ddpm_lib sample`.")
+                fake = check_images(torch.from_numpy(f["images"]), f"{args.samples}['images']")
+        else:
+            n = args.n_samples or test_images.shape[0]
+            fake = generate_images(loaded, n, args.sampler, args.steps, 0.0, args.seed, args.batch_size, dev)
+        floor_images = load_mnist("train")[0][: fake.shape[0]]
+        fd = frechet_distance(fake, test_images, classifier)
+        floor = frechet_distance(floor_images, test_images, classifier)
+        result.update({"fd": fd, "fd_floor": floor, "fd_ratio": fd / floor, "fd_n_samples": int(fake.shape[0]),
+                       "fd_reference": f"MNIST test, {test_images.shape[0]} images",
+                       "fd_sampler": "from --samples" if args.samples else f"{args.sampler}, steps={args.steps or 'default'}"})
+    text = json.dumps(result, indent=2)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text + "\n")
+    print(text)
+
+
+def _cmd_sampler_table(args: argparse.Namespace) -> None:
+    from .checkpoint import load_classifier, load_model
+    from .evaluation import sampler_table
+    from .training import pick_device
+
+    dev = pick_device(args.device)
+    rows = sampler_table(load_model(args.checkpoint, device=dev), load_classifier(args.classifier), args.n,
+                         args.nfe, seed=args.seed, batch_size=args.batch_size, device=dev)
+    result = {"checkpoint": str(args.checkpoint), "command": _command_line(), "rows": rows}
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    print(f"{'sampler':>14} {'NFE':>5} {'FD':>9} {'floor':>8} {'ratio':>6} {'s':>7}")
+    for r in rows:
+        print(f"{r['sampler']:>14} {r['nfe']:>5} {r['fd']:>9.3f} {r['fd_floor']:>8.3f} {r['fd_ratio']:>6.2f} {r['seconds']:>7.1f}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -84,10 +175,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=_cmd_train)
 
     s = sub.add_parser("sample", help="draw images from a checkpoint into an .npz (uint8, (N, 28, 28)) and a PNG grid")
-    s.add_argument("--checkpoint", required=True)
+    s.add_argument("--checkpoint", required=True, help="a checkpoint path or a shipped name (see `pretrained`)")
     s.add_argument("--n", type=int, default=64)
-    s.add_argument("--sampler", choices=["ddpm", "ddim"], default="ddim")
-    s.add_argument("--steps", type=int, help="ddim: number of steps (default 50); ddpm: must be T")
+    s.add_argument("--sampler", choices=["ddpm", "ddim", "dpm-solver-2m"], default="ddim")
+    s.add_argument("--steps", type=int, help="ddim, dpm-solver-2m: number of steps (default 50); ddpm: must be T")
     s.add_argument("--eta", type=float, default=0.0, help="ddim's eta (0: deterministic; 1: DDPM-like)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--batch-size", type=int, default=256)
@@ -103,7 +194,62 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--preset", nargs="+", default=["mnist-cpu", "mnist"])
     b.add_argument("--device")
     b.add_argument("--train-steps", type=int, default=10)
+    b.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
     b.set_defaults(func=_cmd_benchmark)
+
+    v = sub.add_parser("train-vae", help="train (or resume) the Part I VAE on MNIST; writes a checkpoint (and --export weights)")
+    v.add_argument("--out", required=True, help="run folder; an existing checkpoint there is resumed")
+    v.add_argument("--steps", type=int, default=12000, help="total optimizer steps (default 12000)")
+    v.add_argument("--latent-dim", type=int, default=32)
+    v.add_argument("--hidden", type=int, nargs="+", default=[256, 256], help="hidden widths of the encoder MLP")
+    v.add_argument("--batch-size", type=int, default=128)
+    v.add_argument("--lr", type=float, default=1e-3)
+    v.add_argument("--seed", type=int, default=0)
+    v.add_argument("--threads", type=int, help="torch intra-op threads (e.g. 2 on a shared 2-core machine)")
+    v.add_argument("--export", help="also write a weights-only file with the test-set bits/dim, e.g. ddpm_lib/weights/vae-mnist.safetensors")
+    v.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    v.set_defaults(func=_cmd_train_vae)
+    pt = sub.add_parser("pretrained", help="list the shipped checkpoints (one name per line first)")
+    pt.set_defaults(func=_cmd_pretrained)
+
+    ex = sub.add_parser("export", help="write a slim shipping copy (EMA weights, schedule, config) of a training checkpoint")
+    ex.add_argument("--checkpoint", required=True)
+    ex.add_argument("--out", required=True)
+    ex.add_argument("--command", help="the command that trained it, stored in the JSON")
+    ex.set_defaults(func=_cmd_export)
+
+    tc = sub.add_parser("train-classifier", help="train the MNIST evaluation classifier (minutes on a CPU)")
+    tc.add_argument("--out", required=True, help="the checkpoint file to write, e.g. classifier.safetensors")
+    tc.add_argument("--epochs", type=int, default=3)
+    tc.add_argument("--seed", type=int, default=0)
+    tc.add_argument("--device")
+    tc.add_argument("--no-progress", action="store_true")
+    tc.set_defaults(func=_cmd_train_classifier)
+
+    ev = sub.add_parser("evaluate", help="the ELBO in bits/dim (nll) and the classifier-feature Frechet distance (fd)")
+    ev.add_argument("--checkpoint", required=True, help="a checkpoint path or a shipped name")
+    ev.add_argument("--metrics", default="nll,fd", help="comma-separated: nll, fd")
+    ev.add_argument("--limit", type=int, help="use the first N test images (default: all 10,000)")
+    ev.add_argument("--out", help="write the metrics as JSON here too")
+    ev.add_argument("--classifier", default="mnist-classifier", help="the evaluation network (path or shipped name)")
+    ev.add_argument("--samples", help="an .npz from `sample` to score instead of drawing new images")
+    ev.add_argument("--n-samples", type=int, help="images to draw for fd (default: as many as test images)")
+    ev.add_argument("--sampler", choices=["ddpm", "ddim", "dpm-solver-2m"], default="ddpm")
+    ev.add_argument("--steps", type=int)
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--batch-size", type=int, default=250)
+    ev.add_argument("--device")
+    ev.set_defaults(func=_cmd_evaluate)
+    st = sub.add_parser("sampler-table", help="FD ratio against network evaluations for DDPM, DDIM and DPM-Solver++(2M)")
+    st.add_argument("--checkpoint", required=True)
+    st.add_argument("--classifier", default="mnist-classifier")
+    st.add_argument("--n", type=int, default=1000, help="samples per row (the floor uses as many real images)")
+    st.add_argument("--nfe", type=int, nargs="+", default=[10, 20, 50, 100], help="budgets for ddim and dpm-solver-2m")
+    st.add_argument("--seed", type=int, default=0)
+    st.add_argument("--batch-size", type=int, default=250)
+    st.add_argument("--device")
+    st.add_argument("--out", help="write the rows as JSON here too")
+    st.set_defaults(func=_cmd_sampler_table)
     return p
 
 

@@ -14,6 +14,7 @@ import time
 from functools import partial
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from .forward import q_sample
 from .losses import simple_loss
@@ -44,7 +45,9 @@ def benchmark_preset(
     Returns:
         A dict with ``preset``, ``device``, ``params``, ``batch_size``, ``train_images_per_s``,
         ``train_step_ms``, ``sample_images_per_s`` (images x steps per second, i.e. network
-        evaluations per second), ``peak_memory_mib``.
+        evaluations per second), ``peak_memory_mib``, ``forward_gflops_per_image`` (one forward pass,
+        counted by ``torch.utils.flop_counter``) and ``train_tflops_per_s`` (taking a training step
+        as 3 forward passes, the usual estimate).
 
     Raises:
         KeyError: for an unknown preset name.
@@ -83,6 +86,9 @@ def benchmark_preset(
     train_s = (time.perf_counter() - t0) / train_steps
 
     model.eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(x0[:1], torch.ones(1, dtype=torch.long, device=dev))
+    flops_forward = counter.get_total_flops()
     denoiser = model_denoiser(model, cfg.schedule, cfg.target)
     x_T = torch.randn(sample_batch, 1, 28, 28, device=dev)
     steps = list(range(cfg.schedule.T, 0, -cfg.schedule.T // sample_steps))[:sample_steps]
@@ -102,5 +108,7 @@ def benchmark_preset(
         "train_step_ms": round(1000 * train_s, 1),
         "sample_images_per_s": round(sample_batch * len(steps) / sample_s, 1),
         "peak_memory_mib": round(_peak_mib(dev), 1),
+        "forward_gflops_per_image": round(flops_forward / 1e9, 4),
+        "train_tflops_per_s": round(3 * flops_forward * B / train_s / 1e12, 4),
         "torch_threads": torch.get_num_threads(),
     }

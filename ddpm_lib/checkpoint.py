@@ -26,10 +26,26 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from .classifier import ClassifierConfig, MnistClassifier
 from .schedules import Schedule
 from .unet import UNet, UNetConfig
 
-__all__ = ["FORMAT", "save_checkpoint", "read_checkpoint", "Checkpoint", "load_model", "LoadedModel"]
+__all__ = [
+    "FORMAT",
+    "save_checkpoint",
+    "read_checkpoint",
+    "Checkpoint",
+    "load_model",
+    "LoadedModel",
+    "load_classifier",
+    "export_weights",
+    "pretrained_names",
+    "resolve_checkpoint",
+    "WEIGHTS_DIR",
+]
+
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+"""Where the shipped checkpoints live inside the installed package."""
 
 FORMAT = 1
 _META_KEY = "ddpm_lib"
@@ -115,11 +131,26 @@ def load_model(path: str | Path, weights: str = "ema", device: str | torch.devic
     """
     if weights not in ("ema", "model"):
         raise ValueError(f"weights must be 'ema' or 'model', got {weights!r}.")
-    ckpt = read_checkpoint(path)
+    ckpt = read_checkpoint(resolve_checkpoint(path))
+    kind = _kind(ckpt)
+    if kind != "ddpm":
+        raise ValueError(f"{path} is a {kind!r} checkpoint, not a DDPM; pass a checkpoint written by `python -m ddpm_lib train`.")
     config = UNetConfig.from_dict(ckpt.meta["model"])
     model = UNet(config)
     state = ckpt.prefixed(weights)
-    expected = model.state_dict()
+    _check_state(model, state, f"{path}: the {weights} weights do not fit UNet({config})")
+    model.load_state_dict(state)
+    schedule = Schedule(ckpt.tensors["schedule.beta"], name=ckpt.meta["schedule"]["name"])
+    return LoadedModel(model.to(device).eval(), schedule, ckpt.meta["train"]["target"], ckpt.meta)
+
+
+def _kind(ckpt: Checkpoint) -> str:
+    # checkpoints written before the "kind" field existed are DDPMs when they hold a schedule
+    return ckpt.meta.get("kind", "ddpm" if "schedule.beta" in ckpt.tensors else "unknown")
+
+
+def _check_state(module: torch.nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
+    expected = module.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     wrong = sorted(k for k in set(state) & set(expected) if state[k].shape != expected[k].shape)
@@ -129,7 +160,58 @@ def load_model(path: str | Path, weights: str = "ema", device: str | torch.devic
             for name, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong))
             if keys
         )
-        raise ValueError(f"{path}: the {weights} weights do not fit UNet({config}): {detail}.")
+        raise ValueError(f"{what}: {detail}.")
+
+
+def load_classifier(path: str | Path, device: str | torch.device = "cpu") -> MnistClassifier:
+    """Load an MNIST classifier checkpoint (a path or a shipped name such as ``"mnist-classifier"``), in eval mode.
+
+    Raises:
+        FileNotFoundError, ValueError: as :func:`read_checkpoint`; ``ValueError`` also if the
+            checkpoint is not a classifier's or does not fit the architecture.
+    """
+    ckpt = read_checkpoint(resolve_checkpoint(path))
+    if _kind(ckpt) != "classifier":
+        raise ValueError(f"{path} is a {_kind(ckpt)!r} checkpoint, not a classifier; pass `mnist-classifier` or a file from `train-classifier`.")
+    model = MnistClassifier(ClassifierConfig.from_dict(ckpt.meta["classifier"]))
+    state = ckpt.prefixed("model")
+    _check_state(model, state, f"{path}: the weights do not fit the classifier")
     model.load_state_dict(state)
-    schedule = Schedule(ckpt.tensors["schedule.beta"], name=ckpt.meta["schedule"]["name"])
-    return LoadedModel(model.to(device).eval(), schedule, ckpt.meta["train"]["target"], ckpt.meta)
+    return model.to(device).eval()
+
+
+def export_weights(checkpoint: str | Path, out: str | Path, command: str) -> Path:
+    """Write a slim copy of a DDPM training checkpoint for shipping: EMA weights, schedule, config.
+
+    The optimizer and RNG states are dropped; ``command`` (the command that trained it) is stored in
+    the JSON. :func:`load_model` reads the result like any checkpoint; training cannot resume from it.
+    """
+    ckpt = read_checkpoint(checkpoint)
+    tensors = {k: v for k, v in ckpt.tensors.items() if k.startswith("ema.") or k == "schedule.beta"}
+    meta = {k: v for k, v in ckpt.meta.items() if k not in ("format", "optim", "lr_scheduler")}
+    meta["command"] = command
+    meta["exported_from_step"] = ckpt.meta["state"]["step"]
+    save_checkpoint(out, tensors, meta)
+    return Path(out)
+
+
+def pretrained_names() -> list[str]:
+    """Names of the checkpoints shipped in ``ddpm_lib/weights`` (sorted)."""
+    return sorted(p.stem for p in WEIGHTS_DIR.glob("*.safetensors"))
+
+
+def resolve_checkpoint(path_or_name: str | Path) -> Path:
+    """A checkpoint path as given, or the shipped checkpoint of that name.
+
+    Raises:
+        FileNotFoundError: if it is neither an existing file nor a shipped name; the message lists the names.
+    """
+    path = Path(path_or_name)
+    if path.is_file():
+        return path
+    if str(path_or_name) in pretrained_names():
+        return WEIGHTS_DIR / f"{path_or_name}.safetensors"
+    raise FileNotFoundError(
+        f"no checkpoint at {path_or_name!s} and no shipped model of that name (shipped: "
+        f"{', '.join(pretrained_names()) or 'none'}); train one with `python -m ddpm_lib train --preset mnist-cpu --out DIR`."
+    )

@@ -2,10 +2,12 @@
 
 A *denoiser* is any callable ``denoiser(xt, t) -> x0_hat`` (shape of ``xt``), with ``t`` an
 integer tensor of shape ``(B,)``; :func:`model_denoiser` makes one from a network. A *step* is
-``step(xt, t, t_prev, x0_hat, noise, schedule) -> x_prev``. :func:`iterate` runs any step from
+``step(xt, t, t_prev, x0_hat, noise, schedule, previous=None) -> x_prev``, where ``previous`` is
+the loop's :class:`SamplerState` of the step before (multistep solvers use it; others ignore it). :func:`iterate` runs any step from
 ``x_T`` down to ``x_0``; guidance (a later chapter) wraps the denoiser, so every sampler gets it.
 
-Book chapter "Training a DDPM on MNIST", eqs. ``ddpm-step`` and ``ddim-step``.
+Book chapters "The Gaussian posterior" (eq. ``ddpm-step``) and "Three (and four) parameterizations"
+(eq. ``ddim-step``); training and sampling on MNIST come in the chapter "Training a DDPM on MNIST".
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ __all__ = [
     "clip_denoiser",
     "ddpm_step",
     "ddim_step",
+    "dpm_solver_2m_step",
     "ddim_timesteps",
     "SamplerState",
     "iterate",
@@ -55,7 +58,13 @@ def clip_denoiser(denoiser: Denoiser, lo: float = -1.0, hi: float = 1.0) -> Deno
 
 
 def ddpm_step(
-    xt: torch.Tensor, t: torch.Tensor, t_prev: torch.Tensor, x0_hat: torch.Tensor, noise: torch.Tensor, schedule: Schedule
+    xt: torch.Tensor,
+    t: torch.Tensor,
+    t_prev: torch.Tensor,
+    x0_hat: torch.Tensor,
+    noise: torch.Tensor,
+    schedule: Schedule,
+    previous: SamplerState | None = None,
 ) -> torch.Tensor:
     """One ancestral step :math:`x_{t-1} \\sim \\mathcal N(\\tilde\\mu_t(x_t, \\hat x_0), \\tilde\\beta_t I)`.
 
@@ -85,6 +94,7 @@ def ddim_step(
     x0_hat: torch.Tensor,
     noise: torch.Tensor,
     schedule: Schedule,
+    previous: SamplerState | None = None,
     eta: float = 0.0,
 ) -> torch.Tensor:
     """One DDIM step from ``t`` to any earlier ``t_prev`` (Song, Meng & Ermon 2021, eq. 12 and 16).
@@ -112,15 +122,63 @@ def ddim_step(
     return ab_prev.sqrt() * x0_hat + (1.0 - ab_prev - var).clamp(min=0).sqrt() * eps_hat + var.sqrt() * noise
 
 
+def dpm_solver_2m_step(
+    xt: torch.Tensor,
+    t: torch.Tensor,
+    t_prev: torch.Tensor,
+    x0_hat: torch.Tensor,
+    noise: torch.Tensor,
+    schedule: Schedule,
+    previous: SamplerState | None = None,
+) -> torch.Tensor:
+    r"""One step of DPM-Solver++(2M), a second-order multistep solver of the probability-flow ODE.
+
+    Lu et al. (2022), "DPM-Solver++", Algorithm 2 (data prediction): with
+    :math:`\alpha = \sqrt{\bar\alpha}`, :math:`\sigma = \sqrt{1-\bar\alpha}`,
+    :math:`\lambda = \log(\alpha/\sigma)` (half the log-SNR) and :math:`h = \lambda_s - \lambda_t`,
+
+    .. math:: x_s = \frac{\sigma_s}{\sigma_t} x_t - \alpha_s (e^{-h} - 1) D,\quad
+       D = \Big(1 + \frac{1}{2r}\Big)\hat x_0 - \frac{1}{2r}\hat x_0^{\text{prev}},\quad r = \frac{h^{\text{prev}}}{h},
+
+    and :math:`D = \hat x_0` on the first step (no ``previous``) and on the last (``t_prev = 0``,
+    where the step returns ``x0_hat``). Deterministic: ``noise`` is ignored.
+
+    Raises:
+        ValueError: if some ``t_prev >= t``.
+    """
+    if bool((torch.as_tensor(t_prev) >= torch.as_tensor(t)).any()):
+        raise ValueError("dpm_solver_2m_step: t_prev must be smaller than t.")
+    if int(torch.as_tensor(t_prev).max()) == 0:
+        return x0_hat
+    half_log_snr = schedule.log_snr / 2
+    lam, lam_prev = gather(half_log_snr, t, xt), gather(half_log_snr, t_prev, xt)
+    ab_prev = gather(schedule.alpha_bar, t_prev, xt)
+    sigma_ratio = ((1.0 - ab_prev) / (1.0 - gather(schedule.alpha_bar, t, xt))).sqrt()
+    # 1. the step size in lambda
+    h = lam_prev - lam
+    # 2. the second-order estimate of x0 from this and the previous prediction
+    d = x0_hat
+    if previous is not None:
+        t_last = torch.full_like(torch.as_tensor(t), previous.t)
+        r = (lam - gather(half_log_snr, t_last, xt)) / h
+        d = (1 + 1 / (2 * r)) * x0_hat - 1 / (2 * r) * previous.x0_hat
+    # 3. the exponential-integrator update
+    return sigma_ratio * xt - ab_prev.sqrt() * torch.expm1(-h) * d
+
+
 def ddim_timesteps(T: int, steps: int) -> list[int]:
-    """``steps`` evenly spaced timesteps from ``T`` down to 1 (then the loop ends at 0).
+    """``steps`` evenly spaced timesteps ``T, T - T/steps, ..., T/steps`` (rounded); the loop then steps to 0.
+
+    The "trailing" spacing (Lin et al. 2024, Table 2): it starts at ``T`` and leaves the last
+    interval, from about ``T/steps`` to the data, to the final step. With ``steps = T`` it is
+    ``T, T-1, ..., 1``, every timestep.
 
     Raises:
         ValueError: if ``steps`` is not in ``1..T``.
     """
     if not 1 <= steps <= T:
         raise ValueError(f"the number of sampling steps must be in 1..T = 1..{T}, got {steps}.")
-    return sorted({int(round(x)) for x in torch.linspace(T, 1, steps).tolist()}, reverse=True)
+    return sorted({int(round(T - i * T / steps)) for i in range(steps)}, reverse=True)
 
 
 @dataclass(frozen=True)
@@ -144,7 +202,8 @@ def iterate(
 
     Args:
         denoiser: ``(xt, t) -> x0_hat``.
-        step: :func:`ddpm_step`, or :func:`ddim_step` with ``eta`` bound by ``functools.partial``.
+        step: :func:`ddpm_step`, :func:`ddim_step` (``eta`` bound by ``functools.partial``) or
+            :func:`dpm_solver_2m_step`.
         x_T: the starting noise, shape ``(B, ...)``.
         timesteps: decreasing integers in ``1..T``; the loop then steps to ``t = 0``.
         generator: the source of the per-step noise, for reproducible samples.
@@ -161,13 +220,15 @@ def iterate(
         raise ValueError(f"timesteps must lie in 1..T = 1..{schedule.T}.")
     x = x_T
     B = x.shape[0]
+    previous = None
     for t_now, t_next in zip(timesteps, list(timesteps[1:]) + [0]):
         t = torch.full((B,), t_now, dtype=torch.long, device=x.device)
         t_prev = torch.full((B,), t_next, dtype=torch.long, device=x.device)
-        x0_hat = denoiser(x, t)
-        yield SamplerState(t_now, x, x0_hat)
+        state = SamplerState(t_now, x, denoiser(x, t))
+        yield state
         noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-        x = step(x, t, t_prev, x0_hat, noise, schedule)
+        x = step(x, t, t_prev, state.x0_hat, noise, schedule, previous=previous)
+        previous = state
     yield SamplerState(0, x, x)
 
 

@@ -12,16 +12,20 @@ run stopped and resumed ends with the same weights as an uninterrupted one (test
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from .checkpoint import read_checkpoint, save_checkpoint
+from .classifier import ClassifierConfig, MnistClassifier
 from .data import load_mnist, save_grid, to_model, to_uint8
 from .forward import q_sample
 from .losses import simple_loss, vlb_loss
@@ -30,7 +34,7 @@ from .samplers import ddim_step, ddim_timesteps, model_denoiser, clip_denoiser, 
 from .schedules import Schedule, cosine_schedule, linear_schedule
 from .unet import UNet, UNetConfig
 
-__all__ = ["TrainConfig", "PRESETS", "pick_device", "train", "LOSSES", "CHECKPOINT_NAME"]
+__all__ = ["TrainConfig", "PRESETS", "pick_device", "train", "train_classifier", "LOSSES", "CHECKPOINT_NAME"]
 
 LOSSES = {"simple": simple_loss, "vlb": vlb_loss}
 CHECKPOINT_NAME = "checkpoint.safetensors"
@@ -46,7 +50,7 @@ class TrainConfig:
         target: what the network predicts: ``"eps"``, ``"x0"`` or ``"v"``.
         loss: ``"simple"`` (:func:`~ddpm_lib.losses.simple_loss`) or ``"vlb"``.
         steps: optimizer steps in all (``--steps`` overrides it).
-        batch_size: images per step.
+        batch_size: images per step and process (under torchrun with N processes, N * batch_size per step).
         lr, weight_decay, warmup_steps: AdamW's learning rate (linear warm-up, then constant).
         grad_clip: maximum global gradient norm.
         ema_decay: decay of the exponential moving average of the weights.
@@ -186,12 +190,21 @@ def train(
     out.mkdir(parents=True, exist_ok=True)
     if steps is not None:
         config = replace(config, steps=steps)
+    # torchrun: one process per device; each takes its slice of the global batch (see below)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    if world > 1 and device is None and torch.cuda.is_available():
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
     dev = pick_device(None if device is None else str(device))
+    own_group = world > 1 and not dist.is_initialized()
+    if own_group:
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
     ckpt_path = out / CHECKPOINT_NAME
     metrics_path = out / "metrics.jsonl"
 
     torch.manual_seed(config.seed)
     model = UNet(config.model).to(dev)
+    net = DistributedDataParallel(model) if world > 1 else model
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay), use_buffers=True)
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / config.warmup_steps))
@@ -237,6 +250,7 @@ def train(
             "rng.torch": torch.get_rng_state(),
         }
         meta = {
+            "kind": "ddpm",
             "model": config.model.to_dict(),
             "schedule": {"name": config.schedule.name, "T": config.schedule.T},
             "train": config.to_json(),
@@ -258,22 +272,24 @@ def train(
     n = data.shape[0]
     loss_fn = LOSSES[config.loss]
     use_bf16 = config.bf16 and dev.type == "cuda"
-    bar = tqdm(total=config.steps, initial=step, disable=not progress, desc="train", unit="step")
+    bar = tqdm(total=config.steps, initial=step, disable=not progress or rank != 0, desc="train", unit="step")
     t_log, seen_log = time.perf_counter(), seen
     while step < config.steps:
         t0 = time.perf_counter()
         model.train()
-        # the batch: a fresh permutation each epoch, all draws from `gen`
+        # the global batch (batch_size images per process): a fresh permutation each epoch and all
+        # draws from `gen`, identical in every process; each process then takes its own slice, so
+        # N processes train exactly like one process with N times the batch (up to float round-off)
         epoch, offset = divmod(seen, n)
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(config.seed * 100003 + epoch))
-        idx = perm[offset : offset + config.batch_size]
-        x0 = data[idx.to(dev)]
-        t = torch.randint(1, config.schedule.T + 1, (x0.shape[0],), generator=gen)
-        eps = torch.randn(x0.shape, generator=gen).to(dev)
-        t = t.to(dev)
+        idx = perm[offset : offset + config.batch_size * world]
+        t = torch.randint(1, config.schedule.T + 1, (idx.numel(),), generator=gen)
+        eps = torch.randn((idx.numel(), *data.shape[1:]), generator=gen)
+        idx, t, eps = (v.tensor_split(world)[rank].to(dev) for v in (idx, t, eps))
+        x0 = data[idx]
         xt = q_sample(x0, t, eps, config.schedule)
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_bf16):
-            output = model(xt, t)
+            output = net(xt, t)
         loss = loss_fn(output.float(), x0, eps, t, config.schedule, config.target)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -282,10 +298,12 @@ def train(
         sched.step()
         ema.update_parameters(model)
         step += 1
-        seen += x0.shape[0]
+        seen += min(config.batch_size * world, n - offset)
         wall += time.perf_counter() - t0
         bar.update(1)
-        if step % config.log_every == 0 or step == config.steps:
+        if world > 1 and (step % config.log_every == 0 or step == config.steps):
+            dist.all_reduce(loss := loss.detach().clone(), op=dist.ReduceOp.AVG)  # log the global mean
+        if rank == 0 and (step % config.log_every == 0 or step == config.steps):
             now = time.perf_counter()
             rec = {"step": step, "loss": round(loss.item(), 6), "grad_norm": round(float(grad_norm), 4),
                    "lr": sched.get_last_lr()[0], "images_per_s": round((seen - seen_log) / (now - t_log), 2),
@@ -294,11 +312,77 @@ def train(
             with metrics_path.open("a") as f:
                 f.write(json.dumps(rec) + "\n")
             bar.set_postfix(loss=f"{rec['loss']:.4f}")
-        if step % config.checkpoint_every == 0 or step == config.steps:
+        if rank == 0 and (step % config.checkpoint_every == 0 or step == config.steps):
             save()
-        if step % config.sample_every == 0 or step == config.steps:
+        if rank == 0 and (step % config.sample_every == 0 or step == config.steps):
             write_samples()
     bar.close()
-    if not ckpt_path.exists():  # steps was already reached: nothing trained, but leave a checkpoint
+    if rank == 0 and not ckpt_path.exists():  # steps was already reached: nothing trained, but leave a checkpoint
         save()
+    if own_group:
+        dist.barrier()
+        dist.destroy_process_group()
     return ckpt_path
+
+
+def train_classifier(
+    out: str | Path,
+    epochs: int = 3,
+    batch_size: int = 128,
+    lr: float = 1e-3,
+    seed: int = 0,
+    device: str | None = None,
+    command: str = "",
+    images: torch.Tensor | None = None,
+    labels: torch.Tensor | None = None,
+    progress: bool = True,
+) -> Path:
+    """Train the MNIST classifier of :mod:`ddpm_lib.classifier` (AdamW, cross-entropy) and save it.
+
+    The checkpoint (``kind: "classifier"``) stores the weights, the config, ``command`` and the test
+    accuracy measured at the end; it is written once, atomically, when training ends (a few minutes
+    on a CPU, so there is nothing to resume).
+
+    Args:
+        images, labels: uint8 ``(N, 28, 28)`` and int64 ``(N,)``; default: the MNIST training set.
+
+    Returns:
+        The checkpoint's path.
+    """
+    from .evaluation import classifier_accuracy
+
+    dev = pick_device(device)
+    torch.manual_seed(seed)
+    if images is None:
+        images, labels = load_mnist("train")
+    x_all, y_all = to_model(images).to(dev), labels.to(dev)
+    model = MnistClassifier(ClassifierConfig()).to(dev)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    steps_per_epoch = -(-x_all.shape[0] // batch_size)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps_per_epoch)
+    gen = torch.Generator().manual_seed(seed)
+    bar = tqdm(total=epochs * steps_per_epoch, disable=not progress, desc="classifier", unit="step")
+    for _ in range(epochs):
+        model.train()
+        for idx in torch.randperm(x_all.shape[0], generator=gen).split(batch_size):
+            idx = idx.to(dev)
+            loss = torch.nn.functional.cross_entropy(model(x_all[idx]), y_all[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+    bar.close()
+    model = model.cpu().eval()
+    test_images, test_labels = load_mnist("test")
+    accuracy = classifier_accuracy(model, test_images, test_labels)
+    meta = {
+        "kind": "classifier",
+        "classifier": model.config.to_dict(),
+        "train": {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed},
+        "test_accuracy": accuracy,
+        "command": command,
+    }
+    save_checkpoint(out, {f"model.{k}": v for k, v in model.state_dict().items()}, meta)
+    return Path(out)

@@ -315,7 +315,7 @@ def check_gaussian_sampling(step, schedule: Schedule, seed: int) -> tuple[bool, 
     return ok, f"mean {m_hat:.4f} (allowed {M} +- {tol_mean:.4f}), variance {v_hat:.4f} (allowed {S**2} +- {tol_var:.4f})"
 
 
-def wrong_ddpm_step_variance_as_std(xt, t, t_prev, x0_hat, noise, schedule):
+def wrong_ddpm_step_variance_as_std(xt, t, t_prev, x0_hat, noise, schedule, previous=None):
     """Planted mistake: scales the noise by tilde_beta_t (a variance) instead of its square root."""
     c0 = schedule.alpha_bar[t - 1].sqrt() * schedule.beta[t] / (1 - schedule.alpha_bar[t])
     c1 = (1 - schedule.beta[t]).sqrt() * (1 - schedule.alpha_bar[t - 1]) / (1 - schedule.alpha_bar[t])

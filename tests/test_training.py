@@ -12,7 +12,7 @@ from ddpm_lib.__main__ import main
 from ddpm_lib.checkpoint import load_model, read_checkpoint, save_checkpoint
 from ddpm_lib.schedules import linear_schedule
 from ddpm_lib.training import CHECKPOINT_NAME, PRESETS, TrainConfig, train
-from ddpm_lib.unet import UNetConfig
+from ddpm_lib.unet import UNet, UNetConfig
 
 TINY = TrainConfig(
     model=UNetConfig(channels=(8, 16), num_res_blocks=1, attention_heads=2),
@@ -158,3 +158,14 @@ def test_cli_train_on_real_mnist_two_steps(tmp_path, capsys):
     assert main(["train", "--preset", "mnist-cpu", "--out", str(tmp_path), "--steps", "2", "--device", "cpu", "--no-progress"]) == 0
     assert read_checkpoint(tmp_path / CHECKPOINT_NAME).meta["state"]["images_seen"] == 2 * PRESETS["mnist-cpu"].batch_size
     assert (tmp_path / "samples.png").is_file()
+
+
+def test_benchmark_reports_positive_rates():
+    from ddpm_lib.benchmark import benchmark_preset
+
+    r = benchmark_preset("mnist-cpu", device="cpu", train_steps=1, warmup=1, sample_batch=4, sample_steps=2)
+    assert r["params"] == sum(p.numel() for p in UNet(PRESETS["mnist-cpu"].model).parameters())
+    for key in ("train_images_per_s", "sample_images_per_s", "peak_memory_mib", "forward_gflops_per_image"):
+        assert r[key] > 0
+    with pytest.raises(KeyError, match="unknown preset"):
+        benchmark_preset("cifar")

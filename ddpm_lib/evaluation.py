@@ -1,0 +1,252 @@
+"""Evaluation: the ELBO in bits/dim, classifier accuracy, and the classifier-feature Fréchet distance.
+
+Glue over the core math (:mod:`ddpm_lib.likelihood`) and the models; the only place besides
+training that loops over data sets and moves tensors between devices.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+
+import torch
+from torch import nn
+from torchmetrics.image.fid import FrechetInceptionDistance
+from tqdm.auto import tqdm
+
+from .checkpoint import LoadedModel
+from .classifier import MnistClassifier
+from .data import to_model
+from .forward import q_sample
+from .likelihood import decoder_nll, denoising_kl, prior_kl
+from .data import to_uint8
+from .samplers import clip_denoiser, ddim_step, ddim_timesteps, ddpm_step, dpm_solver_2m_step, model_denoiser, sample
+
+__all__ = ["SAMPLERS", "sampler_plan", "generate_images", "elbo_bits_per_dim", "classifier_accuracy", "ClassifierFeatures", "frechet_distance", "check_images", "sampler_table"]
+
+
+SAMPLERS = ("ddpm", "ddim", "dpm-solver-2m")
+"""Sampler names accepted by :func:`sampler_plan` and the command line."""
+
+
+def sampler_plan(sampler: str, T: int, steps: int | None = None, eta: float = 0.0) -> tuple:
+    """The step function and timesteps of a named sampler.
+
+    ``ddpm`` takes all ``T`` steps (``steps`` must be ``None`` or ``T``); ``ddim`` (with ``eta``) and
+    ``dpm-solver-2m`` take ``steps`` (default 50) trailing timesteps (:func:`~ddpm_lib.samplers.ddim_timesteps`).
+
+    Returns:
+        ``(step, timesteps)`` for :func:`ddpm_lib.samplers.sample`.
+
+    Raises:
+        ValueError: for an unknown sampler or a step count it cannot take.
+    """
+    if sampler == "ddpm":
+        if steps not in (None, T):
+            raise ValueError(f"the ddpm sampler takes all T = {T} steps; use ddim or dpm-solver-2m for fewer.")
+        return ddpm_step, list(range(T, 0, -1))
+    if sampler == "ddim":
+        return partial(ddim_step, eta=eta), ddim_timesteps(T, steps or 50)
+    if sampler == "dpm-solver-2m":
+        return dpm_solver_2m_step, ddim_timesteps(T, steps or 50)
+    raise ValueError(f"unknown sampler {sampler!r}; choose one of {SAMPLERS}.")
+
+
+@torch.no_grad()
+def generate_images(
+    loaded: LoadedModel,
+    n: int,
+    sampler: str = "ddpm",
+    steps: int | None = None,
+    eta: float = 0.0,
+    seed: int = 0,
+    batch_size: int = 256,
+    device: str | torch.device = "cpu",
+) -> torch.Tensor:
+    """Draw ``n`` images from a DDPM with a named sampler; uint8 ``(n, 28, 28)`` on the CPU.
+
+    The denoiser's ``x0_hat`` is clipped to ``[-1, 1]`` (Ho et al. 2020). Seeded: the same
+    arguments give the same images on the same device.
+
+    Raises:
+        ValueError: if ``n < 1`` or from :func:`sampler_plan`.
+    """
+    if n < 1:
+        raise ValueError(f"the number of images must be >= 1, got {n}.")
+    step, timesteps = sampler_plan(sampler, loaded.schedule.T, steps, eta)
+    model = loaded.model.to(device).eval()
+    denoiser = clip_denoiser(model_denoiser(model, loaded.schedule, loaded.target))
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for start in range(0, n, batch_size):
+        x_T = torch.randn((min(batch_size, n - start), 1, 28, 28), generator=gen).to(device)
+        out.append(to_uint8(sample(denoiser, loaded.schedule, step, x_T, timesteps, gen)))
+    return torch.cat(out)
+
+
+def check_images(images: torch.Tensor, what: str = "images") -> torch.Tensor:
+    """Validate uint8 MNIST-shaped images ``(N, 28, 28)`` and return them as a tensor.
+
+    Raises:
+        ValueError: for another dtype or shape, saying what was expected.
+    """
+    images = torch.as_tensor(images)
+    if images.dtype != torch.uint8 or images.ndim != 3 or tuple(images.shape[1:]) != (28, 28) or images.shape[0] < 2:
+        raise ValueError(
+            f"{what}: expected uint8 pixels in 0..255 of shape (N, 28, 28) with N >= 2, got {images.dtype} of shape "
+            f"{tuple(images.shape)} (the 'images' array written by `python -m ddpm_lib sample`)."
+        )
+    return images
+
+
+@torch.no_grad()
+def elbo_bits_per_dim(
+    loaded: LoadedModel,
+    images: torch.Tensor,
+    batch_size: int = 100,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+) -> dict:
+    """The negative ELBO of ``images`` under a DDPM, in bits/dim, with every term of the bound.
+
+    Every ``t = 1..T`` is evaluated for every image (one network call each, one ``x_t`` draw each),
+    so the only randomness is that single draw of ``x_t`` per term; the reported standard error is
+    across images. Terms: :func:`~ddpm_lib.likelihood.prior_kl` (``L_T``),
+    :func:`~ddpm_lib.likelihood.denoising_kl` (``L_{t-1}``, ``t >= 2``) and
+    :func:`~ddpm_lib.likelihood.decoder_nll` (``L_0``), with the network's unclipped ``x0_hat``.
+
+    Args:
+        loaded: from :func:`ddpm_lib.checkpoint.load_model`.
+        images: uint8 ``(N, 28, 28)``.
+
+    Returns:
+        A dict: ``bits_per_dim``, ``bits_per_dim_stderr``, ``prior_bpd``, ``denoising_bpd`` (the sum
+        over ``t >= 2``), ``decoder_bpd``, ``denoising_bpd_by_t`` (list of ``T`` floats, entry ``t-1``
+        is ``L_{t-1}``; entry 0 is ``L_0``), ``nats_per_image``, ``n_images``.
+    """
+    images = check_images(images)
+    model, schedule = loaded.model.to(device).eval(), loaded.schedule
+    denoiser = model_denoiser(model, schedule, loaded.target)
+    T, D = schedule.T, images[0].numel()
+    gen = torch.Generator().manual_seed(seed)
+    per_image, prior_sum, by_t = [], 0.0, torch.zeros(T + 1, dtype=torch.float64)
+    bar = tqdm(total=images.shape[0] * T, disable=not progress, desc="elbo", unit="eval")
+    for start in range(0, images.shape[0], batch_size):
+        x0 = to_model(images[start : start + batch_size]).to(device)
+        B = x0.shape[0]
+        total = prior_kl(x0, schedule).double().cpu()
+        prior_sum += float(total.sum())
+        for t_now in range(1, T + 1):
+            t = torch.full((B,), t_now, dtype=torch.long, device=device)
+            eps = torch.randn(x0.shape, generator=gen).to(device)
+            xt = q_sample(x0, t, eps, schedule)
+            x0_hat = denoiser(xt, t)
+            term = decoder_nll(x0, x0_hat, schedule) if t_now == 1 else denoising_kl(x0, xt, t, x0_hat, schedule)
+            term = term.double().cpu()
+            by_t[t_now] += term.sum()
+            total += term
+            bar.update(B)
+        per_image.append(total)
+    bar.close()
+    nats = torch.cat(per_image)
+    n = nats.numel()
+    to_bpd = 1.0 / (D * math.log(2))
+    return {
+        "bits_per_dim": float(nats.mean()) * to_bpd,
+        "bits_per_dim_stderr": float(nats.std() / math.sqrt(n)) * to_bpd,
+        "prior_bpd": prior_sum / n * to_bpd,
+        "denoising_bpd": float(by_t[2:].sum()) / n * to_bpd,
+        "decoder_bpd": float(by_t[1]) / n * to_bpd,
+        "denoising_bpd_by_t": [float(v) / n * to_bpd for v in by_t[1:]],
+        "nats_per_image": float(nats.mean()),
+        "n_images": n,
+    }
+
+
+@torch.no_grad()
+def classifier_accuracy(classifier: MnistClassifier, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000) -> float:
+    """Fraction of ``images`` (uint8 ``(N, 28, 28)``) whose predicted class equals ``labels``."""
+    classifier.eval()
+    correct = 0
+    for start in range(0, images.shape[0], batch_size):
+        logits = classifier(to_model(images[start : start + batch_size]))
+        correct += int((logits.argmax(1) == labels[start : start + batch_size]).sum())
+    return correct / images.shape[0]
+
+
+class ClassifierFeatures(nn.Module):
+    """The classifier's penultimate features of uint8 images ``(N, 1, 28, 28)``: torchmetrics' feature extractor."""
+
+    def __init__(self, classifier: MnistClassifier):
+        super().__init__()
+        self.classifier = classifier.eval()
+        self.num_features = classifier.config.features
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.classifier.features(to_model(images))
+
+
+def frechet_distance(fake: torch.Tensor, real: torch.Tensor, classifier: MnistClassifier, batch_size: int = 1000) -> float:
+    """Fréchet distance between the classifier features of two sets of uint8 images ``(N, 28, 28)``.
+
+    torchmetrics' ``FrechetInceptionDistance`` with :class:`ClassifierFeatures` as the feature
+    extractor (Heusel et al. 2017, eq. 6, on MNIST-classifier features). Unitless; biased upward
+    at small N, so compare with the same-N floor of real images (see the evaluate command).
+
+    Raises:
+        ValueError: for images of the wrong dtype or shape.
+    """
+    fake, real = check_images(fake, "fake images"), check_images(real, "real images")
+    metric = FrechetInceptionDistance(feature=ClassifierFeatures(classifier), reset_real_features=True)
+    for start in range(0, real.shape[0], batch_size):
+        metric.update(real[start : start + batch_size, None], real=True)
+    for start in range(0, fake.shape[0], batch_size):
+        metric.update(fake[start : start + batch_size, None], real=False)
+    return float(metric.compute())
+
+
+def sampler_table(
+    loaded: LoadedModel,
+    classifier: MnistClassifier,
+    n: int,
+    budgets: list[int],
+    samplers: tuple[str, ...] = ("ddim", "dpm-solver-2m"),
+    seed: int = 0,
+    batch_size: int = 250,
+    device: str | torch.device = "cpu",
+    reference: torch.Tensor | None = None,
+    floor_images: torch.Tensor | None = None,
+) -> list[dict]:
+    """The Fréchet distance of ``n`` samples against a reference, for each sampler and number of network evaluations.
+
+    Rows: ``{"sampler", "nfe", "fd", "fd_floor", "fd_ratio", "n", "seconds"}``; DDPM is always
+    included at ``nfe = T``. The floor is the distance of ``n`` real training images to the same
+    reference (the test set by default), so ``fd_ratio = fd / fd_floor`` compares like with like.
+
+    Raises:
+        ValueError: for ``n < 2`` or a budget outside ``1..T``.
+    """
+    import time
+
+    from .data import load_mnist
+
+    if n < 2:
+        raise ValueError(f"sampler_table needs n >= 2 samples, got {n}.")
+    T = loaded.schedule.T
+    if any(not 1 <= b <= T for b in budgets):
+        raise ValueError(f"every budget must be in 1..T = 1..{T}, got {budgets}.")
+    reference = load_mnist("test")[0] if reference is None else reference
+    floor_images = load_mnist("train")[0][:n] if floor_images is None else floor_images[:n]
+    floor = frechet_distance(floor_images, reference, classifier)
+    plan = [("ddpm", T)] + [(s, b) for s in samplers for b in budgets]
+    rows = []
+    for name, nfe in plan:
+        t0 = time.perf_counter()
+        images = generate_images(loaded, n, name, None if name == "ddpm" else nfe, 0.0, seed, batch_size, device)
+        seconds = time.perf_counter() - t0
+        fd = frechet_distance(images, reference, classifier)
+        rows.append({"sampler": name, "nfe": nfe, "fd": fd, "fd_floor": floor, "fd_ratio": fd / floor, "n": n,
+                     "seconds": round(seconds, 1)})
+    return rows

@@ -1,0 +1,32 @@
+"""Run by tests/test_ddp.py under torchrun: trains the tiny test configuration on fixed random images."""
+
+import sys
+
+import torch
+
+from ddpm_lib.schedules import linear_schedule
+from ddpm_lib.training import TrainConfig, train
+from ddpm_lib.unet import UNetConfig
+
+
+def config(batch_size: int) -> TrainConfig:
+    return TrainConfig(
+        model=UNetConfig(channels=(8, 16), num_res_blocks=1, attention_heads=2),
+        schedule=linear_schedule(50),
+        batch_size=batch_size,
+        warmup_steps=2,
+        log_every=1,
+        checkpoint_every=100,
+        sample_every=100,
+        sample_steps=2,
+        sample_count=4,
+    )
+
+
+def images() -> torch.Tensor:
+    return torch.randint(0, 256, (48, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(1)
+    train(config(batch_size=int(sys.argv[2])), sys.argv[1], steps=4, images=images(), progress=False)

