@@ -1,0 +1,164 @@
+"""Part I, chapter "The variational autoencoder": ddpm_lib.vae, its training script and the shipped weights."""
+
+import math
+
+import pytest
+import sympy as sp
+import torch
+from torch.distributions import Independent, Normal, kl_divergence
+
+from ddpm_lib.__main__ import build_parser, main
+from ddpm_lib.checkers import check_bits_per_dim, check_kl_to_standard_normal
+from ddpm_lib.checkpoint import read_checkpoint
+from ddpm_lib.montecarlo import mean_and_stderr
+from ddpm_lib.symbolic import gaussian_logpdf, is_equal
+from ddpm_lib.vae import (VAE, VAEConfig, VAETrainConfig, bits_per_dim, discretized_logistic_log_prob, elbo_terms,
+                          kl_diag_gaussian_to_standard_normal, load_vae, reparameterize, shipped_weights_path, train_vae)
+
+Z = 5.0
+F64 = torch.float64
+
+
+def test_reparameterize_has_the_right_moments_and_catches_the_variance_slip():
+    g = torch.Generator().manual_seed(0)
+    mean, logvar = torch.tensor([0.5, -1.0, 2.0], dtype=F64), torch.tensor([-2.0, 0.0, 1.0], dtype=F64)
+    eps = torch.randn(100_000, 3, generator=g, dtype=F64)
+    z = reparameterize(mean.expand(100_000, 3), logvar.expand(100_000, 3), eps)  # eq. vae-reparam
+    m, m_se = mean_and_stderr(z)
+    v, v_se = mean_and_stderr((z - mean) ** 2)
+    assert float(((m - mean) / m_se).abs().max()) < Z and float(((v - logvar.exp()) / v_se).abs().max()) < Z
+    z_wrong = mean + torch.exp(logvar) * eps  # planted: scaled by the variance, not the standard deviation
+    vw, vw_se = mean_and_stderr((z_wrong - mean) ** 2)
+    assert float(((vw - logvar.exp()) / vw_se).abs().max()) > Z
+    with pytest.raises(ValueError, match="must match"):
+        reparameterize(mean, logvar, eps)
+
+
+def test_reparameterization_gradient_has_lower_variance_than_score_function():
+    w_, b_, s2_, x_ = 1.5, 0.3, 0.5, 1.2
+    mu, sigma, n = 0.2, 0.3, 50_000
+    eps = torch.randn(n, generator=torch.Generator().manual_seed(1), dtype=F64)
+    f = lambda z: -0.5 * math.log(2 * math.pi * s2_) - (x_ - w_ * z - b_) ** 2 / (2 * s2_)
+    g_rep = w_ * (x_ - w_ * (mu + sigma * eps) - b_) / s2_                  # d f(mu + sigma eps) / d mu
+    g_sf = f(mu + sigma * eps) * eps / sigma                                # f(z) d log q / d mu
+    exact = w_ * (x_ - w_ * mu - b_) / s2_
+    for g in (g_rep, g_sf):
+        m, se = mean_and_stderr(g)
+        assert abs(float(m) - exact) < Z * float(se)
+    assert float(g_sf.var()) > 5 * float(g_rep.var())
+
+
+def test_kl_closed_forms_against_sympy_torch_and_monte_carlo():
+    z, m1, m2 = sp.symbols("z m1 m2", real=True)
+    va, vb = sp.symbols("va vb", positive=True)
+    integral = sp.integrate(sp.expand(sp.exp(gaussian_logpdf(z, m1, va)) * (gaussian_logpdf(z, m1, va) - gaussian_logpdf(z, m2, vb))), (z, -sp.oo, sp.oo))
+    assert is_equal(integral, (sp.log(vb / va) + (va + (m1 - m2) ** 2) / vb - 1) / 2)  # eq. vae-kl-1d
+    g = torch.Generator().manual_seed(2)
+    mean, logvar = torch.randn(4, 6, generator=g, dtype=F64), torch.randn(4, 6, generator=g, dtype=F64)
+    ref = kl_divergence(Independent(Normal(mean, torch.exp(0.5 * logvar)), 1), Independent(Normal(torch.zeros_like(mean), torch.ones_like(mean)), 1))
+    assert torch.allclose(kl_diag_gaussian_to_standard_normal(mean, logvar), ref, atol=1e-12)  # eq. vae-kl-diag
+    zs = reparameterize(mean[0].expand(100_000, 6), logvar[0].expand(100_000, 6), torch.randn(100_000, 6, generator=g, dtype=F64))
+    log_ratio = Normal(mean[0], torch.exp(0.5 * logvar[0])).log_prob(zs).sum(1) - Normal(0.0, 1.0).log_prob(zs).sum(1)
+    est, se = mean_and_stderr(log_ratio)
+    assert abs(float(est - kl_diag_gaussian_to_standard_normal(mean[:1], logvar[:1])[0])) < Z * float(se)
+    wrong = float(0.5 * (torch.exp(0.5 * logvar[0]) + mean[0] ** 2 - 1 - 0.5 * logvar[0]).sum())  # planted: stds
+    assert abs(float(est) - wrong) > Z * float(se)
+    mus, vs = sp.symbols("mu_1:3"), sp.symbols("v_1:3")
+    assert not check_kl_to_standard_normal(sum((sp.sqrt(v) + m**2 - 1 - sp.log(sp.sqrt(v))) / 2 for m, v in zip(mus, vs))).ok
+    with pytest.raises(ValueError, match=r"\(B, k\)"):
+        kl_diag_gaussian_to_standard_normal(mean[0], logvar[0])
+
+
+def test_discretized_logistic_is_a_probability_over_the_256_values():
+    x = torch.arange(256, dtype=F64) / 127.5 - 1
+    for loc in (-5.0, -0.3, 0.0, 0.7, 1.1):
+        for log_s in (-7.0, -3.9, 0.0, 4.0):
+            lp = discretized_logistic_log_prob(x, torch.full((256,), loc, dtype=F64), torch.full((256,), log_s, dtype=F64))
+            assert abs(float(torch.exp(lp).sum()) - 1) < 1e-12 and float(lp.max()) <= 0
+    # an interior mass equals the integral of the logistic density over its bin (trapezoid, 2001 points)
+    loc, s = 0.1, 0.05
+    k = 140
+    y = torch.linspace(float(x[k]) - 1 / 255, float(x[k]) + 1 / 255, 2001, dtype=F64)
+    u = (y - loc) / s
+    dens = torch.exp(-u) / (s * (1 + torch.exp(-u)) ** 2)
+    lp = discretized_logistic_log_prob(x[k : k + 1], torch.tensor([loc], dtype=F64), torch.tensor([math.log(s)], dtype=F64))
+    assert abs(float(torch.trapezoid(dens, y)) - float(torch.exp(lp))) < 1e-9
+    # float32 with sharp scales: finite values and gradients
+    loc32 = torch.full((256,), 0.3, requires_grad=True)
+    ls32 = torch.full((256,), -6.5, requires_grad=True)
+    discretized_logistic_log_prob(x.float(), loc32, ls32).sum().backward()
+    assert torch.isfinite(loc32.grad).all() and torch.isfinite(ls32.grad).all()
+    with pytest.raises(ValueError, match="8-bit"):
+        discretized_logistic_log_prob(torch.tensor([0.5]), torch.zeros(1), torch.zeros(1))
+
+
+def test_bits_per_dim_and_its_checker():
+    assert math.isclose(bits_per_dim(784 * math.log(2)), 1.0, rel_tol=1e-12)  # eq. vae-bits-per-dim
+    assert check_bits_per_dim(1000 / (784 * math.log(2)), 1000).ok
+    res = check_bits_per_dim(1000 / 784, 1000)  # planted: nats per dimension
+    assert not res.ok and "ln 2" in res.message
+    with pytest.raises(ValueError):
+        bits_per_dim(1.0, num_dims=0)
+
+
+TINY = VAETrainConfig(model=VAEConfig(latent_dim=4, hidden=(16,)), batch_size=8, checkpoint_every=2)
+
+
+@pytest.fixture(scope="module")
+def images():
+    return torch.randint(0, 256, (40, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+
+
+def _weights(path):
+    return {k: v for k, v in read_checkpoint(path).tensors.items() if k.startswith(("model.", "optim."))}
+
+
+def test_train_vae_resumes_exactly_and_refuses_other_configs(tmp_path, images):
+    full = train_vae(TINY, tmp_path / "full", steps=7, images=images, progress=False)
+    train_vae(TINY, tmp_path / "resumed", steps=3, images=images, progress=False)
+    part = _weights(tmp_path / "resumed" / "checkpoint.safetensors")
+    resumed = train_vae(TINY, tmp_path / "resumed", steps=7, images=images, progress=False)
+    a, b = _weights(full), _weights(resumed)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], part[k]) for k in a if k in part)  # the check can fail
+    assert read_checkpoint(resumed).meta["state"]["step"] == 7
+    with pytest.raises(ValueError, match="another configuration"):
+        train_vae(VAETrainConfig(model=VAEConfig(latent_dim=5, hidden=(16,)), batch_size=8), tmp_path / "resumed", steps=9, images=images, progress=False)
+
+
+def test_export_and_load(tmp_path, images):
+    out = tmp_path / "w.safetensors"
+    train_vae(TINY, tmp_path / "run", steps=2, images=images, progress=False, command="cmd", export=out, test_images=images[:10])
+    model, meta = load_vae(out)
+    assert meta["kind"] == "vae" and meta["command"] == "cmd" and meta["test"]["images"] == 10
+    assert not any(k.startswith("optim.") for k in read_checkpoint(out).tensors)
+    x = (images[:3].double() / 127.5 - 1).float()[:, None]
+    t = elbo_terms(model, x, torch.zeros(3, 4))
+    assert t.elbo.shape == (3,) and torch.allclose(t.elbo, t.reconstruction - t.kl)
+
+
+def test_shipped_weights_load_and_carry_their_command():
+    path = shipped_weights_path()
+    model, meta = load_vae(path)
+    assert isinstance(model, VAE) and meta["kind"] == "vae"
+    assert meta["command"].startswith("python -m ddpm_lib train-vae ")
+    assert 1.0 < meta["test"]["bits_per_dim"] < 2.0 and meta["test"]["images"] == 10000
+    assert path.stat().st_size < 6_000_000
+
+
+def test_cli_has_train_vae(tmp_path):
+    args = build_parser().parse_args(["train-vae", "--out", str(tmp_path), "--steps", "5"])
+    assert args.command == "train-vae" and args.steps == 5 and args.hidden == [256, 256]
+    assert main(["info", str(shipped_weights_path())]) == 0
+
+
+def test_monte_carlo_reconstruction_is_a_mean_not_a_sum():
+    # source note 000 writes the L-sample estimate as sum_l log p(x | z_l): it must be divided by L
+    w_, b_, s2_, x_ = 1.5, 0.3, 0.5, 1.2
+    mu, var, L = 0.2, 0.09, 8
+    f = lambda z: -0.5 * math.log(2 * math.pi * s2_) - (x_ - w_ * z - b_) ** 2 / (2 * s2_)
+    exact = -0.5 * math.log(2 * math.pi * s2_) - ((x_ - w_ * mu - b_) ** 2 + w_**2 * var) / (2 * s2_)  # eq. elbo-lg-recon
+    z = mu + math.sqrt(var) * torch.randn(20_000, L, generator=torch.Generator().manual_seed(4), dtype=F64)
+    for est, ok in ((f(z).mean(1), True), (f(z).sum(1), False)):
+        m, se = mean_and_stderr(est)
+        assert (abs(float(m) - exact) < Z * float(se)) == ok
