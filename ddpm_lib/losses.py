@@ -1,6 +1,7 @@
 """Training losses: :math:`L_\\text{simple}` and the variational-bound (VLB) weighting.
 
-Book chapter "From KL to mean squared error". For ``t >= 2`` the ELBO term
+Book chapter "From KL to mean squared error" (``notebooks/kl_to_mse.ipynb``; the bound is book
+eq. ``vlb-terms``). For ``t >= 2`` the ELBO term
 :math:`L_{t-1} = D_\\mathrm{KL}(q(x_{t-1}\\mid x_t, x_0)\\,\\|\\,p_\\theta(x_{t-1}\\mid x_t))` with
 :math:`p_\\theta` of variance :math:`\\sigma_t^2 = \\tilde\\beta_t` equals
 :math:`\\|\\tilde\\mu_t - \\mu_\\theta\\|^2 / (2\\tilde\\beta_t)` (book eq. ``kl-to-mse``; Ho et al.
@@ -51,7 +52,9 @@ def vlb_weight(t: torch.Tensor, schedule: Schedule, target: str, like: torch.Ten
     For ``t >= 2``, :math:`w_t \\|\\cdot\\|^2 = L_{t-1}` in nats with :math:`\\sigma_t^2 = \\tilde\\beta_t`
     (book eq. ``kl-to-mse``): :math:`w^{x_0}_t = c_{x_0}^2 / (2\\tilde\\beta_t)
     = \\tfrac12(\\mathrm{SNR}(t-1) - \\mathrm{SNR}(t))`,
-    :math:`w^{\\epsilon}_t = w^{x_0}_t / \\mathrm{SNR}(t)` and :math:`w^{v}_t = w^{x_0}_t (1 - \\bar\\alpha_t)`.
+    :math:`w^{\\epsilon}_t = w^{x_0}_t / \\mathrm{SNR}(t)` (book eq. ``eps-weight``; Ho et al. 2020, eq. 12) and
+    :math:`w^{v}_t = w^{x_0}_t (1 - \\bar\\alpha_t)`. A score network's weight (book eq. ``score-weight``) would be
+    :math:`w^{\\epsilon}_t (1 - \\bar\\alpha_t)`; the library has no score target.
     At ``t = 1`` (where :math:`\\tilde\\beta_1 = 0`) the decoder variance :math:`\\beta_1` is used
     instead, which gives the Gaussian decoder's squared-error weight :math:`1/(2\\beta_1)` for ``x0``.
 

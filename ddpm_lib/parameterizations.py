@@ -1,11 +1,19 @@
 """Conversions between what a network can predict: ``x0``, ``eps``, the score and ``v``.
 
 All follow from :math:`x_t = \\sqrt{\\bar\\alpha_t}\\, x_0 + \\sqrt{1 - \\bar\\alpha_t}\\, \\epsilon`
-(book eq. ``q-sample``). The book chapter "Parameterizations" derives each one:
+(book eq. ``q-sample``). The book chapter "Three (and four) parameterizations"
+(``notebooks/parameterizations.ipynb``) derives each one:
 
 * eq. ``x0-from-eps``: :math:`x_0 = (x_t - \\sqrt{1 - \\bar\\alpha_t}\\,\\epsilon) / \\sqrt{\\bar\\alpha_t}` (Ho et al. 2020, eq. 15);
-* eq. ``score-from-eps``: :math:`\\nabla_{x_t} \\log q(x_t) = -\\epsilon / \\sqrt{1 - \\bar\\alpha_t}` (Tweedie; Luo 2022, eq. 151);
+* eq. ``score-from-eps``: :math:`\\nabla_{x_t} \\log q(x_t) = -\\mathbb E[\\epsilon \\mid x_t] / \\sqrt{1 - \\bar\\alpha_t}`,
+  from Tweedie's formula (book eq. ``tweedie``; Efron 2011; Luo 2022, eq. 151). With the *actual* noise in
+  place of its conditional mean, :math:`-\\epsilon / \\sqrt{1 - \\bar\\alpha_t}` is the score of
+  :math:`q(x_t \\mid x_0)`, not of the marginal :math:`q(x_t)`;
 * eq. ``v``: :math:`v = \\sqrt{\\bar\\alpha_t}\\,\\epsilon - \\sqrt{1 - \\bar\\alpha_t}\\, x_0` (Salimans & Ho 2022, §4).
+
+An unweighted squared error on ``eps``, ``v`` or the score is the squared error of the implied ``x0``
+weighted by :math:`\\mathrm{SNR}(t)`, :math:`1 + \\mathrm{SNR}(t)` or :math:`\\mathrm{SNR}(t)(1 + \\mathrm{SNR}(t))`
+(book eq. ``target-weights``).
 
 Every function takes tensors of shape ``(B, ...)`` and integer ``t`` of shape ``(B,)`` in ``0..T``
 (``1..T`` where it divides by :math:`\\sqrt{1-\\bar\\alpha_t}`), and returns the input's shape and dtype.
@@ -72,8 +80,10 @@ def eps_from_v(xt: torch.Tensor, t: torch.Tensor, v: torch.Tensor, schedule: Sch
 def score_from_eps(eps: torch.Tensor, t: torch.Tensor, schedule: Schedule) -> torch.Tensor:
     """:math:`\\nabla_{x_t}\\log q(x_t) \\approx -\\epsilon/\\sqrt{1-\\bar\\alpha_t}`; needs ``t >= 1``.
 
-    Book eq. ``score-from-eps``; Tweedie's formula (Efron 2011), Luo (2022) eq. 151.
-    Units: per unit of ``x``, same shape as ``eps``.
+    Book eq. ``score-from-eps``; Tweedie's formula (Efron 2011; book eq. ``tweedie``), Luo (2022)
+    eq. 151. It is the score of the marginal :math:`q(x_t)` when ``eps`` is
+    :math:`\\mathbb E[\\epsilon \\mid x_t]` (what a network trained on the squared error estimates); for the
+    actual noise it is the score of :math:`q(x_t \\mid x_0)`. Units: per unit of ``x``, same shape as ``eps``.
     """
     _, s = _coefs(t, schedule, eps)
     return -eps / s

@@ -1,13 +1,17 @@
 """The Gaussian posterior :math:`q(x_{t-1} \\mid x_t, x_0)` of the forward process.
 
-Book chapter "The Gaussian posterior", eqs. ``posterior-mean`` and ``posterior-variance``;
-Ho et al. (2020), eqs. 6-7:
+Book chapter "The Gaussian posterior" (``notebooks/posterior.ipynb``), eqs. ``posterior-mean`` and
+``posterior-variance``; Ho et al. (2020), eqs. 6-7:
 
 .. math::
    \\tilde\\mu_t(x_t, x_0) = \\frac{\\sqrt{\\bar\\alpha_{t-1}}\\,\\beta_t}{1 - \\bar\\alpha_t} x_0
         + \\frac{\\sqrt{\\alpha_t}\\,(1 - \\bar\\alpha_{t-1})}{1 - \\bar\\alpha_t} x_t,
    \\qquad
    \\tilde\\beta_t = \\frac{1 - \\bar\\alpha_{t-1}}{1 - \\bar\\alpha_t} \\beta_t .
+
+Written with the noise, the mean is :math:`(x_t - \\beta_t\\,\\epsilon / \\sqrt{1 - \\bar\\alpha_t}) / \\sqrt{\\alpha_t}`
+(book eq. ``posterior-mean-eps``; Ho et al. 2020, eq. 11): the factor is :math:`1/\\sqrt{\\alpha_t}`, one
+step's worth, not :math:`1/\\sqrt{\\bar\\alpha_t}`.
 """
 
 from __future__ import annotations
