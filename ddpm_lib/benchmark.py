@@ -16,10 +16,8 @@ from functools import partial
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from .forward import q_sample
-from .losses import simple_loss
 from .samplers import ddim_step, model_denoiser, sample
-from .training import PRESETS, pick_device
+from .training import PRESETS, batch_loss, pick_device
 from .unet import UNet
 
 __all__ = ["benchmark_preset"]
@@ -67,11 +65,7 @@ def benchmark_preset(
 
     def train_step() -> None:
         t = torch.randint(1, cfg.schedule.T + 1, (B,), device=dev)
-        eps = torch.randn_like(x0)
-        xt = q_sample(x0, t, eps, cfg.schedule)
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_bf16):
-            out = model(xt, t)
-        loss = simple_loss(out.float(), x0, eps, t, cfg.schedule, cfg.target)
+        loss = batch_loss(model, x0, t, torch.randn_like(x0), cfg, use_bf16)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

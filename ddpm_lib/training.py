@@ -34,7 +34,7 @@ from .samplers import ddim_step, ddim_timesteps, model_denoiser, clip_denoiser, 
 from .schedules import Schedule, cosine_schedule, linear_schedule
 from .unet import UNet, UNetConfig
 
-__all__ = ["TrainConfig", "PRESETS", "pick_device", "train", "train_classifier", "LOSSES", "CHECKPOINT_NAME"]
+__all__ = ["TrainConfig", "PRESETS", "batch_loss", "pick_device", "train", "train_classifier", "LOSSES", "CHECKPOINT_NAME"]
 
 LOSSES = {"simple": simple_loss, "vlb": vlb_loss}
 CHECKPOINT_NAME = "checkpoint.safetensors"
@@ -121,6 +121,21 @@ PRESETS: dict[str, TrainConfig] = {
         sample_steps=50,
     ),
 }
+
+
+def batch_loss(
+    net: torch.nn.Module, x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor, config: TrainConfig, bf16: bool = False
+) -> torch.Tensor:
+    """The training loss of one batch (Ho et al. 2020, Algorithm 1, lines 2-5), a 0-d tensor.
+
+    Forms ``xt = q_sample(x0, t, eps)``, runs ``net(xt, t)`` (under bf16 autocast if ``bf16``) and
+    applies ``config.loss`` to the float32 output with ``config.target``. Shared by :func:`train`
+    and the benchmark, so both time the same computation.
+    """
+    xt = q_sample(x0, t, eps, config.schedule)
+    with torch.autocast(x0.device.type, dtype=torch.bfloat16, enabled=bf16):
+        output = net(xt, t)
+    return LOSSES[config.loss](output.float(), x0, eps, t, config.schedule, config.target)
 
 
 def pick_device(name: str | None = None) -> torch.device:
@@ -270,7 +285,6 @@ def train(
 
     data = to_model(load_mnist("train")[0] if images is None else images).to(dev)
     n = data.shape[0]
-    loss_fn = LOSSES[config.loss]
     use_bf16 = config.bf16 and dev.type == "cuda"
     bar = tqdm(total=config.steps, initial=step, disable=not progress or rank != 0, desc="train", unit="step")
     t_log, seen_log = time.perf_counter(), seen
@@ -287,10 +301,7 @@ def train(
         eps = torch.randn((idx.numel(), *data.shape[1:]), generator=gen)
         idx, t, eps = (v.tensor_split(world)[rank].to(dev) for v in (idx, t, eps))
         x0 = data[idx]
-        xt = q_sample(x0, t, eps, config.schedule)
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_bf16):
-            output = net(xt, t)
-        loss = loss_fn(output.float(), x0, eps, t, config.schedule, config.target)
+        loss = batch_loss(net, x0, t, eps, config, use_bf16)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
