@@ -13,11 +13,14 @@ import torch
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
+    from dataclasses import replace
+
     from .training import PRESETS, train
 
     if args.preset not in PRESETS:
         raise SystemExit(f"error: unknown preset {args.preset!r}; choose one of {sorted(PRESETS)}.")
-    path = train(PRESETS[args.preset], args.out, device=args.device, steps=args.steps, progress=not args.no_progress)
+    config = PRESETS[args.preset] if args.target is None else replace(PRESETS[args.preset], target=args.target)
+    path = train(config, args.out, device=args.device, steps=args.steps, progress=not args.no_progress)
     print(f"checkpoint: {path}\nsamples: {Path(args.out) / 'samples.png'}\nmetrics: {Path(args.out) / 'metrics.jsonl'}")
 
 
@@ -57,7 +60,8 @@ def _cmd_benchmark(args: argparse.Namespace) -> None:
 def _cmd_train_vae(args: argparse.Namespace) -> None:
     import shlex
 
-    from .vae import VAEConfig, VAETrainConfig, train_vae
+    from .training import VAETrainConfig, train_vae
+    from .vae import VAEConfig
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -170,6 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--preset", required=True, help="mnist (GPU-sized) or mnist-cpu (about 10 minutes on 2 CPU cores)")
     t.add_argument("--out", required=True, help="run folder; an existing checkpoint there is resumed")
     t.add_argument("--steps", type=int, help="total optimizer steps (overrides the preset)")
+    t.add_argument("--target", choices=["eps", "x0", "v"], help="what the network predicts (overrides the preset)")
     t.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: CUDA, else MPS, else CPU)")
     t.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     t.set_defaults(func=_cmd_train)

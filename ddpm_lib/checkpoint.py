@@ -11,7 +11,8 @@ Layout of a checkpoint file (format 1):
 
 Writing goes to a temporary file in the same folder, then ``os.replace`` renames it over the
 target, so a crash never leaves a half-written checkpoint. ``python -m ddpm_lib info PATH`` prints
-the JSON.
+the JSON. The field ``kind`` (``"ddpm"``, ``"classifier"``, ``"vae"``) says which network a file
+holds; :func:`load_model`, :func:`load_classifier` and :func:`load_vae` each refuse the other kinds.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from safetensors.torch import save_file
 from .classifier import ClassifierConfig, MnistClassifier
 from .schedules import Schedule
 from .unet import UNet, UNetConfig
+from .vae import VAE, VAEConfig
 
 __all__ = [
     "FORMAT",
@@ -38,6 +40,7 @@ __all__ = [
     "load_model",
     "LoadedModel",
     "load_classifier",
+    "load_vae",
     "export_weights",
     "pretrained_names",
     "resolve_checkpoint",
@@ -178,6 +181,27 @@ def load_classifier(path: str | Path, device: str | torch.device = "cpu") -> Mni
     _check_state(model, state, f"{path}: the weights do not fit the classifier")
     model.load_state_dict(state)
     return model.to(device).eval()
+
+
+def load_vae(path_or_name: str | Path = "vae-mnist", device: str | torch.device = "cpu") -> tuple[VAE, dict]:
+    """Load a VAE from a ``train-vae`` checkpoint, an exported weights file, or a shipped name (default ``"vae-mnist"``).
+
+    Returns:
+        ``(model, meta)``: the :class:`~ddpm_lib.vae.VAE` in eval mode on ``device``, and the file's
+        JSON config (``meta["test"]`` holds the test-set bits/dim of an exported file).
+
+    Raises:
+        FileNotFoundError, ValueError: as :func:`read_checkpoint`; ``ValueError`` also if the
+            checkpoint is not a VAE's or its weights do not fit the stored architecture.
+    """
+    ckpt = read_checkpoint(resolve_checkpoint(path_or_name))
+    if _kind(ckpt) != "vae":
+        raise ValueError(f"{path_or_name} is a {_kind(ckpt)!r} checkpoint, not a VAE; pass `vae-mnist` or a file from `train-vae`.")
+    model = VAE(VAEConfig.from_dict(ckpt.meta["model"]))
+    state = ckpt.prefixed("model")
+    _check_state(model, state, f"{path_or_name}: the weights do not fit VAE({model.config})")
+    model.load_state_dict(state)
+    return model.to(device).eval(), ckpt.meta
 
 
 def export_weights(checkpoint: str | Path, out: str | Path, command: str) -> Path:

@@ -1,4 +1,4 @@
-"""Evaluation: the ELBO in bits/dim, classifier accuracy, and the classifier-feature Fréchet distance.
+"""Evaluation: the ELBO in bits/dim, classifier accuracy, the classifier-feature Fréchet distance, the VAE's ELBO.
 
 Glue over the core math (:mod:`ddpm_lib.likelihood`) and the models; the only place besides
 training that loops over data sets and moves tensors between devices.
@@ -21,8 +21,10 @@ from .forward import q_sample
 from .likelihood import decoder_nll, denoising_kl, prior_kl
 from .data import to_uint8
 from .samplers import clip_denoiser, ddim_step, ddim_timesteps, ddpm_step, dpm_solver_2m_step, model_denoiser, sample
+from .vae import VAE, ELBOTerms, elbo_terms
 
-__all__ = ["SAMPLERS", "sampler_plan", "generate_images", "elbo_bits_per_dim", "classifier_accuracy", "ClassifierFeatures", "frechet_distance", "check_images", "sampler_table"]
+__all__ = ["SAMPLERS", "sampler_plan", "generate_images", "elbo_bits_per_dim", "classifier_accuracy", "ClassifierFeatures", "frechet_distance", "check_images", "sampler_table",
+           "evaluate_vae"]
 
 
 SAMPLERS = ("ddpm", "ddim", "dpm-solver-2m")
@@ -250,3 +252,24 @@ def sampler_table(
         rows.append({"sampler": name, "nfe": nfe, "fd": fd, "fd_floor": floor, "fd_ratio": fd / floor, "n": n,
                      "seconds": round(seconds, 1)})
     return rows
+
+
+@torch.no_grad()
+def evaluate_vae(model: VAE, images: torch.Tensor, seed: int = 0, batch_size: int = 1000) -> ELBOTerms:
+    """One-sample ELBO estimates of a :class:`~ddpm_lib.vae.VAE` for uint8 ``images`` ``(N, 28, 28)``.
+
+    Sets the model (which must be on the CPU) to eval mode and runs it in batches of ``batch_size``; one
+    ``z = mean + sigma * eps`` per image (:func:`ddpm_lib.vae.elbo_terms`). The noise comes from
+    ``torch.Generator().manual_seed(seed)``, so the result is reproducible.
+
+    Returns:
+        :class:`~ddpm_lib.vae.ELBOTerms` of ``(N,)`` tensors in nats per image.
+    """
+    model.eval()
+    gen = torch.Generator().manual_seed(seed)
+    parts = []
+    for start in range(0, images.shape[0], batch_size):
+        x = to_model(images[start : start + batch_size])
+        eps = torch.randn((x.shape[0], model.config.latent_dim), generator=gen)
+        parts.append(elbo_terms(model, x, eps))
+    return ELBOTerms(*(torch.cat([getattr(p, f) for p in parts]) for f in ELBOTerms._fields))

@@ -4,6 +4,9 @@ Ho et al. (2020), Algorithm 1: draw ``x0`` from the data, ``t`` uniform on ``1..
 ``eps ~ N(0, I)``; form ``xt = q_sample(x0, t, eps)``; take a gradient step on the loss between the
 network's output and its target. Book chapter "Training a DDPM on MNIST".
 
+Also the two other networks' training loops: :func:`train_classifier` (the MNIST classifier of
+the Fréchet distance) and :func:`train_vae` (the VAE of Part I, with :class:`VAETrainConfig`).
+
 Everything random in the loop comes from one ``torch.Generator`` (batch order, ``t``, ``eps``)
 whose state is stored in the checkpoint with the weights, the EMA and AdamW's moments, so that a
 run stopped and resumed ends with the same weights as an uninterrupted one (tested on the CPU).
@@ -12,6 +15,7 @@ run stopped and resumed ends with the same weights as an uninterrupted one (test
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -33,8 +37,10 @@ from .parameterizations import TARGETS
 from .samplers import ddim_step, ddim_timesteps, model_denoiser, clip_denoiser, sample
 from .schedules import Schedule, cosine_schedule, linear_schedule
 from .unet import UNet, UNetConfig
+from .vae import VAE, VAEConfig, bits_per_dim, elbo_terms
 
-__all__ = ["TrainConfig", "PRESETS", "batch_loss", "pick_device", "train", "train_classifier", "LOSSES", "CHECKPOINT_NAME"]
+__all__ = ["TrainConfig", "PRESETS", "batch_loss", "pick_device", "train", "train_classifier", "LOSSES", "CHECKPOINT_NAME",
+           "VAETrainConfig", "train_vae"]
 
 LOSSES = {"simple": simple_loss, "vlb": vlb_loss}
 CHECKPOINT_NAME = "checkpoint.safetensors"
@@ -397,3 +403,160 @@ def train_classifier(
     }
     save_checkpoint(out, {f"model.{k}": v for k, v in model.state_dict().items()}, meta)
     return Path(out)
+
+
+# --- the VAE of Part I (chapter "The variational autoencoder"; the network and its ELBO are ddpm_lib.vae) ---
+
+
+@dataclass(frozen=True)
+class VAETrainConfig:
+    """Settings of a VAE training run, stored in its checkpoint's JSON.
+
+    Attributes:
+        model: the architecture.
+        steps: optimizer steps in all.
+        batch_size: images per step.
+        lr: Adam's peak learning rate.
+        lr_decay_steps: the learning rate follows a half cosine from ``lr`` to ``lr / 10`` over
+            this many steps, then stays at ``lr / 10``. It does not depend on ``steps``, so that a run
+            extended with a larger ``--steps`` continues the same schedule.
+        seed: seeds the weights and the generator of batch order and ``eps``.
+        checkpoint_every: steps between checkpoints.
+
+    Raises:
+        ValueError: for a non-positive setting.
+    """
+
+    model: VAEConfig = VAEConfig()
+    steps: int = 12000
+    batch_size: int = 128
+    lr: float = 1e-3
+    lr_decay_steps: int = 12000
+    seed: int = 0
+    checkpoint_every: int = 500
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "checkpoint_every", "lr_decay_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"VAETrainConfig.{name} must be >= 1, got {getattr(self, name)}.")
+        if not self.lr > 0:
+            raise ValueError(f"VAETrainConfig.lr must be > 0, got {self.lr}.")
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["model"] = self.model.to_dict()
+        return d
+
+
+def _lr_at(step: int, config: VAETrainConfig) -> float:
+    return config.lr * (0.55 + 0.45 * math.cos(math.pi * min(step, config.lr_decay_steps) / config.lr_decay_steps))
+
+
+def train_vae(
+    config: VAETrainConfig,
+    out_dir: str | Path,
+    steps: int | None = None,
+    images: torch.Tensor | None = None,
+    progress: bool = True,
+    command: str = "",
+    export: str | Path | None = None,
+    test_images: torch.Tensor | None = None,
+) -> Path:
+    """Train (or resume) the VAE on uint8 ``images`` (default: the 60,000 MNIST training images), on the CPU.
+
+    Each step draws a batch (a fresh permutation per epoch), ``eps ~ N(0, I)``, and takes an Adam step
+    on the negative ELBO in nats per image (:func:`ddpm_lib.vae.elbo_terms`). The checkpoint
+    ``out_dir/checkpoint.safetensors`` (written atomically by ``ddpm_lib.checkpoint.save_checkpoint``)
+    holds the weights, Adam's moments and the generator's state, so a stopped run resumes where it
+    stopped. Its JSON holds the config, the step, the wall time and ``command``.
+
+    Args:
+        config: the run's settings; when resuming, must equal the stored ones (but for ``steps``).
+        out_dir: the run folder.
+        steps: total steps, overriding ``config.steps``.
+        images: uint8 ``(N, 28, 28)`` training images.
+        progress: show a tqdm bar.
+        command: the command line that started the run (stored in the JSON).
+        export: if given, also write a weights-only file there (float32 weights and the JSON,
+            including the test-set bits/dim when ``test_images`` or MNIST's test set is available).
+        test_images: uint8 test images for the exported file's bits/dim (default: the MNIST test set).
+
+    Returns:
+        The path of the checkpoint.
+
+    Raises:
+        ValueError: if ``out_dir`` holds a checkpoint of another configuration.
+    """
+    from .evaluation import evaluate_vae
+
+    if steps is not None:
+        config = replace(config, steps=steps)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / CHECKPOINT_NAME
+    torch.manual_seed(config.seed)
+    model = VAE(config.model)
+    opt = torch.optim.Adam(model.parameters(), lr=config.lr)
+    gen = torch.Generator().manual_seed(config.seed)
+    step, wall = 0, 0.0
+    if path.exists():
+        ckpt = read_checkpoint(path)
+        stored = dict(ckpt.meta["train"])
+        mine = config.to_json()
+        if {k: v for k, v in stored.items() if k != "steps"} != {k: v for k, v in mine.items() if k != "steps"}:
+            raise ValueError(f"{path} was written by another configuration ({stored} vs {mine}); use a new --out folder.")
+        model.load_state_dict(ckpt.prefixed("model"))
+        opt_state = {"state": {}, "param_groups": ckpt.meta["optim"]}
+        for key, v in ckpt.prefixed("optim").items():
+            i, name = key.split(".", 1)
+            opt_state["state"].setdefault(int(i), {})[name] = v
+        opt.load_state_dict(opt_state)
+        gen.set_state(ckpt.tensors["rng.generator"])
+        step, wall = ckpt.meta["state"]["step"], ckpt.meta["state"]["wall_s"]
+
+    def save() -> None:
+        sd = opt.state_dict()
+        tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+        tensors.update({f"optim.{i}.{k}": torch.as_tensor(v) for i, st in sd["state"].items() for k, v in st.items()})
+        tensors["rng.generator"] = gen.get_state()
+        meta = {"kind": "vae", "model": config.model.to_dict(), "train": config.to_json(), "optim": sd["param_groups"],
+                "state": {"step": step, "wall_s": round(wall, 2)}, "command": command}
+        save_checkpoint(path, tensors, meta)
+
+    data = to_model(load_mnist("train")[0] if images is None else images)
+    n = data.shape[0]
+    bar = tqdm(total=config.steps, initial=step, disable=not progress, desc="train-vae", unit="step")
+    while step < config.steps:
+        t0 = time.perf_counter()
+        model.train()
+        epoch, offset = divmod(step * config.batch_size, n)
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(config.seed * 100003 + epoch))
+        x = data[perm[offset : offset + config.batch_size]]
+        eps = torch.randn((x.shape[0], config.model.latent_dim), generator=gen)
+        for group in opt.param_groups:
+            group["lr"] = _lr_at(step, config)
+        loss = -elbo_terms(model, x, eps).elbo.mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        step += 1
+        wall += time.perf_counter() - t0
+        bar.update(1)
+        if step % 50 == 0:
+            bar.set_postfix(bits_per_dim=f"{float(bits_per_dim(loss.item())):.3f}")
+        if step % config.checkpoint_every == 0 or step == config.steps:
+            save()
+    bar.close()
+    if not path.exists():
+        save()
+    if export is not None:
+        test = load_mnist("test")[0] if test_images is None else test_images
+        terms = evaluate_vae(model, test, seed=0)
+        nll = -terms.elbo
+        meta = {"kind": "vae", "model": config.model.to_dict(), "train": config.to_json(),
+                "state": {"step": step, "wall_s": round(wall, 2)}, "command": command,
+                "test": {"images": int(test.shape[0]), "eval_seed": 0,
+                         "bits_per_dim": round(float(bits_per_dim(nll.mean())), 5),
+                         "bits_per_dim_stderr": round(float(bits_per_dim(nll.std() / math.sqrt(nll.numel()))), 5)}}
+        save_checkpoint(export, {f"model.{k}": v.float() for k, v in model.state_dict().items()}, meta)
+    return path

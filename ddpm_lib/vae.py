@@ -1,4 +1,4 @@
-"""A small variational autoencoder for MNIST: the network, the ELBO's pieces, training and loading.
+"""A small variational autoencoder for MNIST: the network and the pure functions of its ELBO.
 
 Book chapter "The variational autoencoder" (``notebooks/vae.ipynb``). The model follows Kingma &
 Welling (2014): an encoder :math:`q_\\phi(z \\mid x) = \\mathcal N(\\mu_\\phi(x), \\operatorname{diag}\\sigma^2_\\phi(x))`,
@@ -25,19 +25,18 @@ image, no dequantization is needed, and
 is an upper bound on the model's negative log-likelihood of the 8-bit image, in bits per pixel
 (book eq. ``vae-bits-per-dim``), comparable with the discrete decoder of a DDPM.
 
-Layout: :class:`VAEConfig` and :class:`VAE` (only a network), the pure functions
+Layout: :class:`VAEConfig` and :class:`VAE` (only a network) and the pure functions
 :func:`reparameterize`, :func:`kl_diag_gaussian_to_standard_normal`,
-:func:`discretized_logistic_log_prob`, :func:`elbo_terms`, :func:`bits_per_dim`; then training
-(:func:`train_vae`, the only part that touches data, checkpoints and progress bars) and loading
-(:func:`load_vae`, :func:`shipped_weights_path`).
+:func:`discretized_logistic_log_prob`, :func:`elbo_terms`, :func:`bits_per_dim`; this module
+imports no other ddpm_lib module. Training is ``ddpm_lib.training.train_vae`` (with
+``VAETrainConfig``), evaluation ``ddpm_lib.evaluation.evaluate_vae``, loading
+``ddpm_lib.checkpoint.load_vae`` (the shipped weights are ``load_vae("vae-mnist")``).
 """
 
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import NamedTuple
 
 import torch
@@ -53,19 +52,13 @@ __all__ = [
     "discretized_logistic_log_prob",
     "elbo_terms",
     "bits_per_dim",
-    "VAETrainConfig",
-    "train_vae",
-    "evaluate_vae",
-    "load_vae",
-    "shipped_weights_path",
-    "SHIPPED_WEIGHTS",
+    "NUM_PIXELS",
+    "HALF_BIN",
 ]
 
 NUM_PIXELS = 28 * 28
 HALF_BIN = 1.0 / 255.0
 """Half the width of one pixel bin in model range: neighbouring values ``k/127.5 - 1`` are ``2/255`` apart."""
-
-SHIPPED_WEIGHTS = "vae-mnist.safetensors"
 
 
 # --- the network -------------------------------------------------------------------------------
@@ -274,230 +267,25 @@ def elbo_terms(model: VAE, x: torch.Tensor, eps: torch.Tensor) -> ELBOTerms:
     return ELBOTerms(reconstruction, kl, reconstruction - kl)
 
 
-def bits_per_dim(nats_per_image: torch.Tensor | float, num_dims: int = NUM_PIXELS) -> torch.Tensor | float:
+def bits_per_dim(nats_per_image: torch.Tensor | float, num_dims: int = NUM_PIXELS) -> torch.Tensor:
     """Convert a negative log-likelihood (or a negative ELBO) from nats per image to bits per dimension.
 
     :math:`\\text{bits/dim} = \\text{nats} / (D \\ln 2)` with ``D = num_dims`` (784 for MNIST); book
     eq. ``vae-bits-per-dim``. Pass :math:`-\\mathrm{ELBO}` (a positive number) to get an upper bound on
     the negative log-likelihood in bits/dim.
 
+    Args:
+        nats_per_image: a tensor of any shape, or a Python number (taken as a float64 0-d tensor).
+        num_dims: the number of dimensions ``D`` of one image.
+
+    Returns:
+        A tensor of the input's shape (0-d for a number) and dtype (float64 for a number); use
+        ``float(...)`` for a Python number.
+
     Raises:
         ValueError: if ``num_dims < 1``.
     """
     if num_dims < 1:
         raise ValueError(f"bits_per_dim: num_dims must be >= 1, got {num_dims}.")
-    return nats_per_image / (num_dims * math.log(2.0))
-
-
-# --- training (the only part of this module that touches data, checkpoints, progress bars) -----
-
-
-@dataclass(frozen=True)
-class VAETrainConfig:
-    """Settings of a VAE training run, stored in its checkpoint's JSON.
-
-    Attributes:
-        model: the architecture.
-        steps: optimizer steps in all.
-        batch_size: images per step.
-        lr: Adam's peak learning rate.
-        lr_decay_steps: the learning rate follows a half cosine from ``lr`` to ``lr / 10`` over
-            this many steps, then stays at ``lr / 10``. It does not depend on ``steps``, so that a run
-            extended with a larger ``--steps`` continues the same schedule.
-        seed: seeds the weights and the generator of batch order and ``eps``.
-        checkpoint_every: steps between checkpoints.
-
-    Raises:
-        ValueError: for a non-positive setting.
-    """
-
-    model: VAEConfig = VAEConfig()
-    steps: int = 12000
-    batch_size: int = 128
-    lr: float = 1e-3
-    lr_decay_steps: int = 12000
-    seed: int = 0
-    checkpoint_every: int = 500
-
-    def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "checkpoint_every", "lr_decay_steps"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"VAETrainConfig.{name} must be >= 1, got {getattr(self, name)}.")
-        if not self.lr > 0:
-            raise ValueError(f"VAETrainConfig.lr must be > 0, got {self.lr}.")
-
-    def to_json(self) -> dict:
-        d = asdict(self)
-        d["model"] = self.model.to_dict()
-        return d
-
-
-def _lr_at(step: int, config: VAETrainConfig) -> float:
-    return config.lr * (0.55 + 0.45 * math.cos(math.pi * min(step, config.lr_decay_steps) / config.lr_decay_steps))
-
-
-@torch.no_grad()
-def evaluate_vae(model: VAE, images: torch.Tensor, seed: int = 0, batch_size: int = 1000) -> ELBOTerms:
-    """One-sample ELBO estimates for uint8 ``images`` ``(N, 28, 28)``: :class:`ELBOTerms` of ``(N,)`` tensors in nats.
-
-    The noise comes from ``torch.Generator().manual_seed(seed)``, so the result is reproducible.
-    """
-    from .data import to_model
-
-    model.eval()
-    gen = torch.Generator().manual_seed(seed)
-    parts = []
-    for start in range(0, images.shape[0], batch_size):
-        x = to_model(images[start : start + batch_size])
-        eps = torch.randn((x.shape[0], model.config.latent_dim), generator=gen)
-        parts.append(elbo_terms(model, x, eps))
-    return ELBOTerms(*(torch.cat([getattr(p, f) for p in parts]) for f in ELBOTerms._fields))
-
-
-def train_vae(
-    config: VAETrainConfig,
-    out_dir: str | Path,
-    steps: int | None = None,
-    images: torch.Tensor | None = None,
-    progress: bool = True,
-    command: str = "",
-    export: str | Path | None = None,
-    test_images: torch.Tensor | None = None,
-) -> Path:
-    """Train (or resume) the VAE on uint8 ``images`` (default: the 60,000 MNIST training images).
-
-    Each step draws a batch (a fresh permutation per epoch), ``eps ~ N(0, I)``, and takes an Adam step
-    on the negative ELBO in nats per image (:func:`elbo_terms`). The checkpoint
-    ``out_dir/checkpoint.safetensors`` (written atomically by ``ddpm_lib.checkpoint.save_checkpoint``)
-    holds the weights, Adam's moments and the generator's state, so a stopped run resumes where it
-    stopped. Its JSON holds the config, the step, the wall time and ``command``.
-
-    Args:
-        config: the run's settings; when resuming, must equal the stored ones (but for ``steps``).
-        out_dir: the run folder.
-        steps: total steps, overriding ``config.steps``.
-        images: uint8 ``(N, 28, 28)`` training images.
-        progress: show a tqdm bar.
-        command: the command line that started the run (stored in the JSON).
-        export: if given, also write a weights-only file there (float32 weights and the JSON,
-            including the test-set bits/dim when ``test_images`` or MNIST's test set is available).
-        test_images: uint8 test images for the exported file's bits/dim (default: the MNIST test set).
-
-    Returns:
-        The path of the checkpoint.
-
-    Raises:
-        ValueError: if ``out_dir`` holds a checkpoint of another configuration.
-    """
-    from dataclasses import replace
-
-    from tqdm.auto import tqdm
-
-    from .checkpoint import read_checkpoint, save_checkpoint
-    from .data import load_mnist, to_model
-
-    if steps is not None:
-        config = replace(config, steps=steps)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "checkpoint.safetensors"
-    torch.manual_seed(config.seed)
-    model = VAE(config.model)
-    opt = torch.optim.Adam(model.parameters(), lr=config.lr)
-    gen = torch.Generator().manual_seed(config.seed)
-    step, wall = 0, 0.0
-    if path.exists():
-        ckpt = read_checkpoint(path)
-        stored = dict(ckpt.meta["train"])
-        mine = config.to_json()
-        if {k: v for k, v in stored.items() if k != "steps"} != {k: v for k, v in mine.items() if k != "steps"}:
-            raise ValueError(f"{path} was written by another configuration ({stored} vs {mine}); use a new --out folder.")
-        model.load_state_dict(ckpt.prefixed("model"))
-        opt_state = {"state": {}, "param_groups": ckpt.meta["optim"]}
-        for key, v in ckpt.prefixed("optim").items():
-            i, name = key.split(".", 1)
-            opt_state["state"].setdefault(int(i), {})[name] = v
-        opt.load_state_dict(opt_state)
-        gen.set_state(ckpt.tensors["rng.generator"])
-        step, wall = ckpt.meta["state"]["step"], ckpt.meta["state"]["wall_s"]
-
-    def save() -> None:
-        sd = opt.state_dict()
-        tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
-        tensors.update({f"optim.{i}.{k}": torch.as_tensor(v) for i, st in sd["state"].items() for k, v in st.items()})
-        tensors["rng.generator"] = gen.get_state()
-        meta = {"kind": "vae", "model": config.model.to_dict(), "train": config.to_json(), "optim": sd["param_groups"],
-                "state": {"step": step, "wall_s": round(wall, 2)}, "command": command}
-        save_checkpoint(path, tensors, meta)
-
-    data = to_model(load_mnist("train")[0] if images is None else images)
-    n = data.shape[0]
-    bar = tqdm(total=config.steps, initial=step, disable=not progress, desc="train-vae", unit="step")
-    while step < config.steps:
-        t0 = time.perf_counter()
-        model.train()
-        epoch, offset = divmod(step * config.batch_size, n)
-        perm = torch.randperm(n, generator=torch.Generator().manual_seed(config.seed * 100003 + epoch))
-        x = data[perm[offset : offset + config.batch_size]]
-        eps = torch.randn((x.shape[0], config.model.latent_dim), generator=gen)
-        for group in opt.param_groups:
-            group["lr"] = _lr_at(step, config)
-        loss = -elbo_terms(model, x, eps).elbo.mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        step += 1
-        wall += time.perf_counter() - t0
-        bar.update(1)
-        if step % 50 == 0:
-            bar.set_postfix(bits_per_dim=f"{float(bits_per_dim(loss.item())):.3f}")
-        if step % config.checkpoint_every == 0 or step == config.steps:
-            save()
-    bar.close()
-    if not path.exists():
-        save()
-    if export is not None:
-        test = load_mnist("test")[0] if test_images is None else test_images
-        terms = evaluate_vae(model, test, seed=0)
-        nll = -terms.elbo
-        meta = {"kind": "vae", "model": config.model.to_dict(), "train": config.to_json(),
-                "state": {"step": step, "wall_s": round(wall, 2)}, "command": command,
-                "test": {"images": int(test.shape[0]), "eval_seed": 0,
-                         "bits_per_dim": round(float(bits_per_dim(nll.mean())), 5),
-                         "bits_per_dim_stderr": round(float(bits_per_dim(nll.std() / math.sqrt(nll.numel()))), 5)}}
-        save_checkpoint(export, {f"model.{k}": v.float() for k, v in model.state_dict().items()}, meta)
-    return path
-
-
-# --- loading -----------------------------------------------------------------------------------
-
-
-def shipped_weights_path():
-    """The VAE weights shipped inside the package (``ddpm_lib/weights/vae-mnist.safetensors``), via importlib.resources."""
-    from importlib.resources import files
-
-    return files("ddpm_lib") / "weights" / SHIPPED_WEIGHTS
-
-
-def load_vae(path: str | Path | None = None) -> tuple[VAE, dict]:
-    """Load a VAE from a checkpoint or a weights-only file; ``None`` loads the shipped weights.
-
-    Returns:
-        ``(model, meta)``: the :class:`VAE` in eval mode on the CPU and the file's JSON config.
-
-    Raises:
-        FileNotFoundError: if there is no such file.
-        ValueError: if the file holds no VAE, or its weights do not fit the stored architecture.
-    """
-    from .checkpoint import read_checkpoint
-
-    ckpt = read_checkpoint(shipped_weights_path() if path is None else path)
-    if ckpt.meta.get("kind") != "vae":
-        raise ValueError(f"{path} is a ddpm_lib checkpoint but not of a VAE (kind {ckpt.meta.get('kind')!r}).")
-    model = VAE(VAEConfig.from_dict(ckpt.meta["model"]))
-    state = ckpt.prefixed("model")
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as err:
-        raise ValueError(f"{path}: the weights do not fit VAE({model.config}): {err}") from err
-    return model.eval(), ckpt.meta
+    nats = nats_per_image if isinstance(nats_per_image, torch.Tensor) else torch.tensor(float(nats_per_image), dtype=torch.float64)
+    return nats / (num_dims * math.log(2.0))

@@ -1,4 +1,6 @@
-"""Part I, chapter "The variational autoencoder": ddpm_lib.vae, its training script and the shipped weights."""
+"""Part I, chapter "The variational autoencoder": ddpm_lib.vae (network and ELBO), its training
+(ddpm_lib.training.train_vae), evaluation (ddpm_lib.evaluation.evaluate_vae), loading
+(ddpm_lib.checkpoint.load_vae) and the shipped weights."""
 
 import math
 
@@ -9,11 +11,13 @@ from torch.distributions import Independent, Normal, kl_divergence
 
 from ddpm_lib.__main__ import build_parser, main
 from ddpm_lib.checkers import check_bits_per_dim, check_kl_to_standard_normal
-from ddpm_lib.checkpoint import read_checkpoint
+from ddpm_lib.checkpoint import load_model, load_vae, read_checkpoint, resolve_checkpoint, save_checkpoint
+from ddpm_lib.evaluation import evaluate_vae
 from ddpm_lib.montecarlo import mean_and_stderr
 from ddpm_lib.symbolic import gaussian_logpdf, is_equal
-from ddpm_lib.vae import (VAE, VAEConfig, VAETrainConfig, bits_per_dim, discretized_logistic_log_prob, elbo_terms,
-                          kl_diag_gaussian_to_standard_normal, load_vae, reparameterize, shipped_weights_path, train_vae)
+from ddpm_lib.training import VAETrainConfig, train_vae
+from ddpm_lib.vae import (VAE, VAEConfig, bits_per_dim, discretized_logistic_log_prob, elbo_terms,
+                          kl_diag_gaussian_to_standard_normal, reparameterize)
 
 Z = 5.0
 F64 = torch.float64
@@ -93,7 +97,12 @@ def test_discretized_logistic_is_a_probability_over_the_256_values():
 
 
 def test_bits_per_dim_and_its_checker():
-    assert math.isclose(bits_per_dim(784 * math.log(2)), 1.0, rel_tol=1e-12)  # eq. vae-bits-per-dim
+    one = bits_per_dim(784 * math.log(2))  # eq. vae-bits-per-dim
+    assert isinstance(one, torch.Tensor) and one.dtype == F64 and one.shape == ()  # one return type: a tensor
+    assert math.isclose(float(one), 1.0, rel_tol=1e-12)
+    nats = torch.tensor([784 * math.log(2), 2 * 784 * math.log(2)], dtype=torch.float32)
+    per_image = bits_per_dim(nats)
+    assert per_image.dtype == torch.float32 and torch.allclose(per_image, torch.tensor([1.0, 2.0]))
     assert check_bits_per_dim(1000 / (784 * math.log(2)), 1000).ok
     res = check_bits_per_dim(1000 / 784, 1000)  # planted: nats per dimension
     assert not res.ok and "ln 2" in res.message
@@ -135,11 +144,31 @@ def test_export_and_load(tmp_path, images):
     x = (images[:3].double() / 127.5 - 1).float()[:, None]
     t = elbo_terms(model, x, torch.zeros(3, 4))
     assert t.elbo.shape == (3,) and torch.allclose(t.elbo, t.reconstruction - t.kl)
+    terms = evaluate_vae(model, images[:10], seed=0)  # the exported bits/dim is evaluate_vae's
+    assert terms.elbo.shape == (10,)
+    assert math.isclose(float(bits_per_dim(-terms.elbo.mean())), meta["test"]["bits_per_dim"], abs_tol=1e-5)
+    resumable, _ = load_vae(tmp_path / "run" / "checkpoint.safetensors")  # the training checkpoint loads too
+    assert all(torch.equal(a, b) for a, b in zip(resumable.state_dict().values(), model.state_dict().values()))
+
+
+def test_load_vae_refuses_other_kinds_and_misfit_weights(tmp_path):
+    with pytest.raises(ValueError, match="'classifier' checkpoint, not a VAE"):
+        load_vae("mnist-classifier")
+    with pytest.raises(ValueError, match="not a DDPM"):
+        load_model("vae-mnist")
+    ckpt = read_checkpoint(resolve_checkpoint("vae-mnist"))
+    bad = tmp_path / "bad.safetensors"
+    save_checkpoint(bad, ckpt.tensors, {**ckpt.meta, "model": {**ckpt.meta["model"], "latent_dim": 7}})
+    with pytest.raises(ValueError, match="do not fit VAE"):
+        load_vae(bad)
+    with pytest.raises(FileNotFoundError, match="vae-mnist"):
+        load_vae(tmp_path / "missing.safetensors")
 
 
 def test_shipped_weights_load_and_carry_their_command():
-    path = shipped_weights_path()
-    model, meta = load_vae(path)
+    path = resolve_checkpoint("vae-mnist")
+    model, meta = load_vae()  # the default is the shipped name
+    assert meta == load_vae(path)[1]
     assert isinstance(model, VAE) and meta["kind"] == "vae"
     assert meta["command"].startswith("python -m ddpm_lib train-vae ")
     assert 1.0 < meta["test"]["bits_per_dim"] < 2.0 and meta["test"]["images"] == 10000
@@ -149,7 +178,7 @@ def test_shipped_weights_load_and_carry_their_command():
 def test_cli_has_train_vae(tmp_path):
     args = build_parser().parse_args(["train-vae", "--out", str(tmp_path), "--steps", "5"])
     assert args.command == "train-vae" and args.steps == 5 and args.hidden == [256, 256]
-    assert main(["info", str(shipped_weights_path())]) == 0
+    assert main(["info", str(resolve_checkpoint("vae-mnist"))]) == 0
 
 
 def test_monte_carlo_reconstruction_is_a_mean_not_a_sum():
