@@ -134,17 +134,25 @@ def load_model(path: str | Path, weights: str = "ema", device: str | torch.devic
     """
     if weights not in ("ema", "model"):
         raise ValueError(f"weights must be 'ema' or 'model', got {weights!r}.")
-    ckpt = read_checkpoint(resolve_checkpoint(path))
-    kind = _kind(ckpt)
-    if kind != "ddpm":
-        raise ValueError(f"{path} is a {kind!r} checkpoint, not a DDPM; pass a checkpoint written by `python -m ddpm_lib train`.")
+    ckpt = _read_of_kind(path, "ddpm", "DDPM", "pass a checkpoint written by `python -m ddpm_lib train`")
     config = UNetConfig.from_dict(ckpt.meta["model"])
     model = UNet(config)
-    state = ckpt.prefixed(weights)
-    _check_state(model, state, f"{path}: the {weights} weights do not fit UNet({config})")
-    model.load_state_dict(state)
+    _load_weights(model, ckpt.prefixed(weights), f"{path}: the {weights} weights do not fit UNet({config})")
     schedule = Schedule(ckpt.tensors["schedule.beta"], name=ckpt.meta["schedule"]["name"])
     return LoadedModel(model.to(device).eval(), schedule, ckpt.meta["train"]["target"], ckpt.meta)
+
+
+def _read_of_kind(path: str | Path, kind: str, label: str, hint: str) -> Checkpoint:
+    # read a checkpoint (path or shipped name) and refuse one of another kind, saying what to pass instead
+    ckpt = read_checkpoint(resolve_checkpoint(path))
+    if _kind(ckpt) != kind:
+        raise ValueError(f"{path} is a {_kind(ckpt)!r} checkpoint, not a {label}; {hint}.")
+    return ckpt
+
+
+def _load_weights(module: torch.nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
+    _check_state(module, state, what)
+    module.load_state_dict(state)
 
 
 def _kind(ckpt: Checkpoint) -> str:
@@ -173,13 +181,9 @@ def load_classifier(path: str | Path, device: str | torch.device = "cpu") -> Mni
         FileNotFoundError, ValueError: as :func:`read_checkpoint`; ``ValueError`` also if the
             checkpoint is not a classifier's or does not fit the architecture.
     """
-    ckpt = read_checkpoint(resolve_checkpoint(path))
-    if _kind(ckpt) != "classifier":
-        raise ValueError(f"{path} is a {_kind(ckpt)!r} checkpoint, not a classifier; pass `mnist-classifier` or a file from `train-classifier`.")
+    ckpt = _read_of_kind(path, "classifier", "classifier", "pass `mnist-classifier` or a file from `train-classifier`")
     model = MnistClassifier(ClassifierConfig.from_dict(ckpt.meta["classifier"]))
-    state = ckpt.prefixed("model")
-    _check_state(model, state, f"{path}: the weights do not fit the classifier")
-    model.load_state_dict(state)
+    _load_weights(model, ckpt.prefixed("model"), f"{path}: the weights do not fit the classifier")
     return model.to(device).eval()
 
 
@@ -194,13 +198,9 @@ def load_vae(path_or_name: str | Path = "vae-mnist", device: str | torch.device 
         FileNotFoundError, ValueError: as :func:`read_checkpoint`; ``ValueError`` also if the
             checkpoint is not a VAE's or its weights do not fit the stored architecture.
     """
-    ckpt = read_checkpoint(resolve_checkpoint(path_or_name))
-    if _kind(ckpt) != "vae":
-        raise ValueError(f"{path_or_name} is a {_kind(ckpt)!r} checkpoint, not a VAE; pass `vae-mnist` or a file from `train-vae`.")
+    ckpt = _read_of_kind(path_or_name, "vae", "VAE", "pass `vae-mnist` or a file from `train-vae`")
     model = VAE(VAEConfig.from_dict(ckpt.meta["model"]))
-    state = ckpt.prefixed("model")
-    _check_state(model, state, f"{path_or_name}: the weights do not fit VAE({model.config})")
-    model.load_state_dict(state)
+    _load_weights(model, ckpt.prefixed("model"), f"{path_or_name}: the weights do not fit VAE({model.config})")
     return model.to(device).eval(), ckpt.meta
 
 
