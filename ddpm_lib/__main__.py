@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -21,7 +22,8 @@ def _cmd_train(args: argparse.Namespace) -> None:
         raise SystemExit(f"error: unknown preset {args.preset!r}; choose one of {sorted(PRESETS)}.")
     config = PRESETS[args.preset] if args.target is None else replace(PRESETS[args.preset], target=args.target)
     path = train(config, args.out, device=args.device, steps=args.steps, progress=not args.no_progress)
-    print(f"checkpoint: {path}\nsamples: {Path(args.out) / 'samples.png'}\nmetrics: {Path(args.out) / 'metrics.jsonl'}")
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, only the first process reports
+        print(f"checkpoint: {path}\nsamples: {Path(args.out) / 'samples.png'}\nmetrics: {Path(args.out) / 'metrics.jsonl'}")
 
 
 def _cmd_sample(args: argparse.Namespace) -> None:
