@@ -19,7 +19,7 @@ import math
 import os
 import time
 from dataclasses import asdict, dataclass, field, replace
-from functools import partial
+from functools import lru_cache, partial
 from pathlib import Path
 
 import torch
@@ -182,6 +182,19 @@ def _comparable(meta_train: dict) -> dict:
     return {k: v for k, v in meta_train.items() if k != "steps"}
 
 
+@lru_cache(maxsize=2)
+def _epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
+    # a pure function of (seed, epoch), so a resumed run draws the same order; cached so that a
+    # training loop computes it once per epoch, not once per step
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100003 + epoch))
+
+
+def _batch_indices(n: int, position: int, size: int, seed: int) -> torch.Tensor:
+    """Indices of the batch that starts ``position`` images into the run (at most ``size``; it ends with the epoch)."""
+    epoch, offset = divmod(position, n)
+    return _epoch_permutation(n, seed, epoch)[offset : offset + size]
+
+
 def train(
     config: TrainConfig,
     out_dir: str | Path,
@@ -300,12 +313,10 @@ def train(
         # the global batch (batch_size images per process): a fresh permutation each epoch and all
         # draws from `gen`, identical in every process; each process then takes its own slice, so
         # N processes train exactly like one process with N times the batch (up to float round-off)
-        epoch, offset = divmod(seen, n)
-        perm = torch.randperm(n, generator=torch.Generator().manual_seed(config.seed * 100003 + epoch))
-        idx = perm[offset : offset + config.batch_size * world]
-        t = torch.randint(1, config.schedule.T + 1, (idx.numel(),), generator=gen)
-        eps = torch.randn((idx.numel(), *data.shape[1:]), generator=gen)
-        idx, t, eps = (v.tensor_split(world)[rank].to(dev) for v in (idx, t, eps))
+        batch = _batch_indices(n, seen, config.batch_size * world, config.seed)
+        t = torch.randint(1, config.schedule.T + 1, (batch.numel(),), generator=gen)
+        eps = torch.randn((batch.numel(), *data.shape[1:]), generator=gen)
+        idx, t, eps = (v.tensor_split(world)[rank].to(dev) for v in (batch, t, eps))
         x0 = data[idx]
         loss = batch_loss(net, x0, t, eps, config, use_bf16)
         opt.zero_grad(set_to_none=True)
@@ -315,7 +326,7 @@ def train(
         sched.step()
         ema.update_parameters(model)
         step += 1
-        seen += min(config.batch_size * world, n - offset)
+        seen += batch.numel()
         wall += time.perf_counter() - t0
         bar.update(1)
         if world > 1 and (step % config.log_every == 0 or step == config.steps):
@@ -501,25 +512,18 @@ def train_vae(
     step, wall = 0, 0.0
     if path.exists():
         ckpt = read_checkpoint(path)
-        stored = dict(ckpt.meta["train"])
-        mine = config.to_json()
-        if {k: v for k, v in stored.items() if k != "steps"} != {k: v for k, v in mine.items() if k != "steps"}:
+        stored, mine = ckpt.meta["train"], config.to_json()
+        if _comparable(stored) != _comparable(mine):
             raise ValueError(f"{path} was written by another configuration ({stored} vs {mine}); use a new --out folder.")
         model.load_state_dict(ckpt.prefixed("model"))
-        opt_state = {"state": {}, "param_groups": ckpt.meta["optim"]}
-        for key, v in ckpt.prefixed("optim").items():
-            i, name = key.split(".", 1)
-            opt_state["state"].setdefault(int(i), {})[name] = v
-        opt.load_state_dict(opt_state)
+        opt.load_state_dict(_unflatten_optimizer(ckpt.prefixed("optim"), ckpt.meta["optim"]))
         gen.set_state(ckpt.tensors["rng.generator"])
         step, wall = ckpt.meta["state"]["step"], ckpt.meta["state"]["wall_s"]
 
     def save() -> None:
-        sd = opt.state_dict()
-        tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
-        tensors.update({f"optim.{i}.{k}": torch.as_tensor(v) for i, st in sd["state"].items() for k, v in st.items()})
-        tensors["rng.generator"] = gen.get_state()
-        meta = {"kind": "vae", "model": config.model.to_dict(), "train": config.to_json(), "optim": sd["param_groups"],
+        opt_tensors, groups = _flatten_optimizer(opt)
+        tensors = {**{f"model.{k}": v for k, v in model.state_dict().items()}, **opt_tensors, "rng.generator": gen.get_state()}
+        meta = {"kind": "vae", "model": config.model.to_dict(), "train": config.to_json(), "optim": groups,
                 "state": {"step": step, "wall_s": round(wall, 2)}, "command": command}
         save_checkpoint(path, tensors, meta)
 
@@ -529,9 +533,7 @@ def train_vae(
     while step < config.steps:
         t0 = time.perf_counter()
         model.train()
-        epoch, offset = divmod(step * config.batch_size, n)
-        perm = torch.randperm(n, generator=torch.Generator().manual_seed(config.seed * 100003 + epoch))
-        x = data[perm[offset : offset + config.batch_size]]
+        x = data[_batch_indices(n, step * config.batch_size, config.batch_size, config.seed)]
         eps = torch.randn((x.shape[0], config.model.latent_dim), generator=gen)
         for group in opt.param_groups:
             group["lr"] = _lr_at(step, config)
