@@ -127,7 +127,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
         test_images = test_images[: args.limit]
     result = {"checkpoint": str(args.checkpoint), "command": _command_line()}
     if "nll" in metrics:
-        result.update(elbo_bits_per_dim(loaded, test_images, batch_size=args.batch_size, seed=args.seed, device=dev))
+        result.update(elbo_bits_per_dim(loaded, test_images, batch_size=args.batch_size, seed=args.seed, device=dev,
+                                        n_strata=args.strata))
     if "fd" in metrics:
         classifier = load_classifier(args.classifier)
         if args.samples:
@@ -237,6 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--checkpoint", required=True, help="a checkpoint path or a shipped name")
     ev.add_argument("--metrics", default="nll,fd", help="comma-separated: nll, fd")
     ev.add_argument("--limit", type=int, help="use the first N test images (default: all 10,000)")
+    ev.add_argument("--strata", type=int, help="nll: sum the terms t = 2..T by one draw per image from each of at most K "
+                    "equal-width log-SNR groups (unbiased, about K + 1 network calls per image); default: every t, T calls")
     ev.add_argument("--out", help="write the metrics as JSON here too")
     ev.add_argument("--classifier", default="mnist-classifier", help="the evaluation network (path or shipped name)")
     ev.add_argument("--samples", help="an .npz from `sample` to score instead of drawing new images")

@@ -13,7 +13,7 @@ from ddpm_lib.__main__ import main
 from ddpm_lib.checkpoint import LoadedModel, export_weights, load_classifier, load_model, pretrained_names, read_checkpoint, resolve_checkpoint
 from ddpm_lib.classifier import MnistClassifier
 from ddpm_lib.data import to_model
-from ddpm_lib.evaluation import check_images, elbo_bits_per_dim, frechet_distance, generate_images, sampler_plan
+from ddpm_lib.evaluation import check_images, elbo_bits_per_dim, elbo_strata, frechet_distance, generate_images, sampler_plan
 from ddpm_lib.likelihood import decoder_nll, denoising_kl, prior_kl
 from ddpm_lib.losses import vlb_weight
 from ddpm_lib.schedules import gather
@@ -83,6 +83,51 @@ def test_elbo_of_an_oracle_is_prior_plus_decoder_only():
     expected_prior = float(prior_kl(to_model(images).double(), SCH).mean()) / (784 * math.log(2))
     assert math.isclose(out["prior_bpd"], expected_prior, rel_tol=1e-5)
     assert len(out["denoising_bpd_by_t"]) == SCH.T
+
+
+class ShrunkOracle(OracleModel):
+    """The oracle's eps times 0.8: an imperfect model whose error grows with t (x0_hat off by 0.2 sqrt(1/snr) eps)."""
+
+    def forward(self, xt, t):
+        return 0.8 * super().forward(xt, t)
+
+
+def test_elbo_strata_partition_2_to_T_in_log_snr_order():
+    every = elbo_strata(SCH)
+    assert [int(g) for g in every] == list(range(2, SCH.T + 1))
+    for k in (1, 3, 10, 1000):
+        groups = elbo_strata(SCH, k)
+        assert 1 <= len(groups) <= k
+        assert torch.equal(torch.cat(groups), torch.arange(2, SCH.T + 1))  # each t once, in order
+        assert all(torch.equal(g, torch.arange(int(g[0]), int(g[-1]) + 1)) for g in groups)  # consecutive
+    # equal log-SNR widths: a group's log-SNR span never exceeds the range / K
+    lam, k = SCH.log_snr.double(), 5
+    width = float(lam[2] - lam[-1]) / k
+    assert all(float(lam[g[0]] - lam[g[-1]]) <= width + 1e-12 for g in elbo_strata(SCH, k))
+    with pytest.raises(ValueError, match=">= 1"):
+        elbo_strata(SCH, 0)
+
+
+def test_stratified_elbo_is_unbiased_for_the_every_t_sum():
+    images = torch.randint(0, 256, (400, 28, 28), dtype=torch.uint8, generator=G)
+    loaded = LoadedModel(ShrunkOracle(to_model(images)), SCH, "eps", {})
+    exact = elbo_bits_per_dim(loaded, images, batch_size=400, progress=False)
+    assert exact["n_strata"] == SCH.T - 1 and exact["network_calls_per_image"] == SCH.T
+    for k in (2, 6):
+        est = elbo_bits_per_dim(loaded, images, batch_size=400, seed=1, progress=False, n_strata=k)
+        assert est["network_calls_per_image"] <= k + 1
+        # both are unbiased estimates of the same sum, independent draws: agree within 4 combined
+        # standard errors (the errors are across images, so they include the sampling of t)
+        se = math.hypot(exact["bits_per_dim_stderr"], est["bits_per_dim_stderr"])
+        assert abs(est["bits_per_dim"] - exact["bits_per_dim"]) < 4 * se, (k, est["bits_per_dim"], exact["bits_per_dim"], se)
+        # the exact L_T and L_0 do not depend on the strata (L_0 up to its x_1 draw)
+        assert math.isclose(est["prior_bpd"], exact["prior_bpd"], rel_tol=1e-12)
+    # the tolerance has power: dropping the group-size weights (each group counted once, at its mean
+    # term) would be off by far more than 4 standard errors
+    by_t = exact["denoising_bpd_by_t"]
+    unweighted = exact["prior_bpd"] + exact["decoder_bpd"] + sum(
+        sum(by_t[int(t) - 1] for t in g) / len(g) for g in elbo_strata(SCH, 2))
+    assert abs(unweighted - exact["bits_per_dim"]) > 40 * exact["bits_per_dim_stderr"]
 
 
 def test_check_images_and_sampler_plan_errors():
