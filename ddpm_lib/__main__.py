@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .samplers import SAMPLERS
+
 
 def _cmd_train(args: argparse.Namespace) -> None:
     from dataclasses import replace
@@ -185,8 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("sample", help="draw images from a checkpoint into an .npz (uint8, (N, 28, 28)) and a PNG grid")
     s.add_argument("--checkpoint", required=True, help="a checkpoint path or a shipped name (see `pretrained`)")
     s.add_argument("--n", type=int, default=64)
-    s.add_argument("--sampler", choices=["ddpm", "ddim", "dpm-solver-2m"], default="ddim")
-    s.add_argument("--steps", type=int, help="ddim, dpm-solver-2m: number of steps (default 50); ddpm: must be T")
+    s.add_argument("--sampler", choices=SAMPLERS, default="ddim")
+    s.add_argument("--steps", type=int, help="ddpm-strided, ddim, dpm-solver-2m: number of steps (default 50); ddpm: must be T")
     s.add_argument("--eta", type=float, default=0.0, help="ddim's eta (0: deterministic; 1: DDPM-like)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--batch-size", type=int, default=256)
@@ -244,17 +246,17 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--classifier", default="mnist-classifier", help="the evaluation network (path or shipped name)")
     ev.add_argument("--samples", help="an .npz from `sample` to score instead of drawing new images")
     ev.add_argument("--n-samples", type=int, help="images to draw for fd (default: as many as test images)")
-    ev.add_argument("--sampler", choices=["ddpm", "ddim", "dpm-solver-2m"], default="ddpm")
+    ev.add_argument("--sampler", choices=SAMPLERS, default="ddpm")
     ev.add_argument("--steps", type=int)
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--batch-size", type=int, default=250)
     ev.add_argument("--device")
     ev.set_defaults(func=_cmd_evaluate)
-    st = sub.add_parser("sampler-table", help="FD ratio against network evaluations for DDPM, DDIM and DPM-Solver++(2M)")
+    st = sub.add_parser("sampler-table", help="FD ratio against network evaluations for DDPM (1000 and strided), DDIM and DPM-Solver++(2M)")
     st.add_argument("--checkpoint", required=True)
     st.add_argument("--classifier", default="mnist-classifier")
     st.add_argument("--n", type=int, default=1000, help="samples per row (the floor uses as many real images)")
-    st.add_argument("--nfe", type=int, nargs="+", default=[10, 20, 50, 100], help="budgets for ddim and dpm-solver-2m")
+    st.add_argument("--nfe", type=int, nargs="+", default=[10, 20, 50, 100], help="budgets for ddpm-strided, ddim and dpm-solver-2m")
     st.add_argument("--seed", type=int, default=0)
     st.add_argument("--batch-size", type=int, default=250)
     st.add_argument("--device")

@@ -7,7 +7,6 @@ training that loops over data sets and moves tensors between devices.
 from __future__ import annotations
 
 import math
-from functools import partial
 
 import torch
 from torch import nn
@@ -19,39 +18,12 @@ from .classifier import MnistClassifier
 from .data import to_model, to_uint8
 from .forward import q_sample
 from .likelihood import decoder_nll, denoising_kl, prior_kl
-from .samplers import clip_denoiser, ddim_step, ddim_timesteps, ddpm_step, dpm_solver_2m_step, model_denoiser, sample
+from .samplers import clip_denoiser, model_denoiser, sample, sampler_plan
 from .schedules import Schedule
 from .vae import VAE, ELBOTerms, elbo_terms
 
-__all__ = ["SAMPLERS", "sampler_plan", "generate_images", "elbo_strata", "elbo_bits_per_dim", "classifier_accuracy", "ClassifierFeatures", "frechet_distance", "check_images", "sampler_table",
+__all__ = ["generate_images", "elbo_strata", "elbo_bits_per_dim", "classifier_accuracy", "ClassifierFeatures", "frechet_distance", "check_images", "sampler_table",
            "evaluate_vae"]
-
-
-SAMPLERS = ("ddpm", "ddim", "dpm-solver-2m")
-"""Sampler names accepted by :func:`sampler_plan` and the command line."""
-
-
-def sampler_plan(sampler: str, T: int, steps: int | None = None, eta: float = 0.0) -> tuple:
-    """The step function and timesteps of a named sampler.
-
-    ``ddpm`` takes all ``T`` steps (``steps`` must be ``None`` or ``T``); ``ddim`` (with ``eta``) and
-    ``dpm-solver-2m`` take ``steps`` (default 50) trailing timesteps (:func:`~ddpm_lib.samplers.ddim_timesteps`).
-
-    Returns:
-        ``(step, timesteps)`` for :func:`ddpm_lib.samplers.sample`.
-
-    Raises:
-        ValueError: for an unknown sampler or a step count it cannot take.
-    """
-    if sampler == "ddpm":
-        if steps not in (None, T):
-            raise ValueError(f"the ddpm sampler takes all T = {T} steps; use ddim or dpm-solver-2m for fewer.")
-        return ddpm_step, list(range(T, 0, -1))
-    if sampler == "ddim":
-        return partial(ddim_step, eta=eta), ddim_timesteps(T, steps or 50)
-    if sampler == "dpm-solver-2m":
-        return dpm_solver_2m_step, ddim_timesteps(T, steps or 50)
-    raise ValueError(f"unknown sampler {sampler!r}; choose one of {SAMPLERS}.")
 
 
 @torch.no_grad()
@@ -264,7 +236,7 @@ def sampler_table(
     classifier: MnistClassifier,
     n: int,
     budgets: list[int],
-    samplers: tuple[str, ...] = ("ddim", "dpm-solver-2m"),
+    samplers: tuple[str, ...] = ("ddpm-strided", "ddim", "dpm-solver-2m"),
     seed: int = 0,
     batch_size: int = 250,
     device: str | torch.device = "cpu",

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 
@@ -32,6 +33,8 @@ __all__ = [
     "SamplerState",
     "iterate",
     "sample",
+    "SAMPLERS",
+    "sampler_plan",
 ]
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -246,3 +249,35 @@ def sample(
     for state in iterate(denoiser, schedule, step, x_T, timesteps, generator):
         pass
     return state.xt
+
+
+SAMPLERS = ("ddpm", "ddpm-strided", "ddim", "dpm-solver-2m")
+"""Sampler names accepted by :func:`sampler_plan` and the command line."""
+
+
+def sampler_plan(sampler: str, T: int, steps: int | None = None, eta: float = 0.0) -> tuple:
+    """The step function and timesteps of a named sampler.
+
+    ``ddpm`` takes all ``T`` steps (``steps`` must be ``None`` or ``T``); ``ddim`` (with ``eta``),
+    ``ddpm-strided`` and ``dpm-solver-2m`` take ``steps`` (default 50) trailing timesteps
+    (:func:`~ddpm_lib.samplers.ddim_timesteps`). ``ddpm-strided`` is the ancestral sampler on that
+    shorter chain, the DDIM step with ``eta = 1`` (Song et al. 2021, eq. 16; the strided sampling of
+    Nichol & Dhariwal 2021, §4); it ignores ``eta``.
+
+    Returns:
+        ``(step, timesteps)`` for :func:`ddpm_lib.samplers.sample`.
+
+    Raises:
+        ValueError: for an unknown sampler or a step count it cannot take.
+    """
+    if sampler == "ddpm":
+        if steps not in (None, T):
+            raise ValueError(f"the ddpm sampler takes all T = {T} steps; use ddpm-strided, ddim or dpm-solver-2m for fewer.")
+        return ddpm_step, list(range(T, 0, -1))
+    if sampler == "ddim":
+        return partial(ddim_step, eta=eta), ddim_timesteps(T, steps or 50)
+    if sampler == "ddpm-strided":
+        return partial(ddim_step, eta=1.0), ddim_timesteps(T, steps or 50)
+    if sampler == "dpm-solver-2m":
+        return dpm_solver_2m_step, ddim_timesteps(T, steps or 50)
+    raise ValueError(f"unknown sampler {sampler!r}; choose one of {SAMPLERS}.")

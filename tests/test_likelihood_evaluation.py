@@ -13,7 +13,8 @@ from ddpm_lib.__main__ import main
 from ddpm_lib.checkpoint import LoadedModel, export_weights, load_classifier, load_model, pretrained_names, read_checkpoint, resolve_checkpoint
 from ddpm_lib.classifier import MnistClassifier
 from ddpm_lib.data import to_model
-from ddpm_lib.evaluation import check_images, elbo_bits_per_dim, elbo_strata, frechet_distance, generate_images, sampler_plan
+from ddpm_lib.evaluation import check_images, elbo_bits_per_dim, elbo_strata, frechet_distance, generate_images
+from ddpm_lib.samplers import sample, sampler_plan
 from ddpm_lib.likelihood import decoder_nll, denoising_kl, prior_kl
 from ddpm_lib.losses import vlb_weight
 from ddpm_lib.schedules import gather
@@ -139,6 +140,21 @@ def test_check_images_and_sampler_plan_errors():
         sampler_plan("euler", 50)
     with pytest.raises(ValueError, match="all T"):
         sampler_plan("ddpm", 50, steps=10)
+
+
+def test_ddpm_strided_with_every_step_is_the_ddpm_sampler():
+    # DDIM with eta = 1 on consecutive steps is the DDPM step (Song et al. 2021, eq. 16), so the
+    # strided sampler at T steps reproduces the ancestral sampler draw for draw
+    step_a, ts_a = sampler_plan("ddpm", SCH.T)
+    step_b, ts_b = sampler_plan("ddpm-strided", SCH.T, steps=SCH.T)
+    assert ts_a == ts_b == list(range(SCH.T, 0, -1))
+    x_T = torch.randn((3, 1, 4, 4), generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    denoiser = lambda xt, t: 0.5 * xt  # noqa: E731 - any fixed denoiser
+    a = sample(denoiser, SCH, step_a, x_T, ts_a, torch.Generator().manual_seed(6))
+    b = sample(denoiser, SCH, step_b, x_T, ts_b, torch.Generator().manual_seed(6))
+    assert torch.allclose(a, b, rtol=1e-9, atol=1e-12)  # float64 round-off of two algebraic forms
+    _, ts_c = sampler_plan("ddpm-strided", SCH.T, steps=10)
+    assert len(ts_c) == 10 and ts_c[0] == SCH.T
 
 
 def test_frechet_distance_is_zero_for_identical_sets_and_grows_with_difference():
