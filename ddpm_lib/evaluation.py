@@ -80,7 +80,8 @@ def elbo_strata(schedule: Schedule, n_strata: int | None = None) -> list[torch.T
     of :math:`\\log\\mathrm{SNR}(t)` over ``t = 2..T`` into ``K`` intervals of equal width and
     keeps the non-empty ones, so there are at most ``K`` groups. Equal width in log-SNR rather than
     in ``t`` because the bound's terms are spread evenly in log-SNR (Kingma et al. 2021, §4.1),
-    while in ``t`` they pile up at the ends (book chapter "Training a DDPM on MNIST").
+    while in ``t`` they pile up at the ends (book eq. ``elbo-stratified``, chapter "Training a DDPM
+    on MNIST").
 
     Returns:
         A list of 1-D ``int64`` tensors of timesteps, in increasing order, that together hold
@@ -121,7 +122,8 @@ def elbo_bits_per_dim(
     network's unclipped ``x0_hat``; one network call and one draw of ``x_t`` per evaluated term.
     ``L_T`` and ``L_0`` are always evaluated. The sum over ``t = 2..T`` is taken over the groups of
     :func:`elbo_strata`: per image, one ``t`` drawn uniformly from each group, its term weighted by
-    the group's size (stratified sampling, an unbiased estimate of the sum). With ``n_strata=None``
+    the group's size (stratified sampling, an unbiased estimate of the sum; book eq.
+    ``elbo-stratified``). With ``n_strata=None``
     every group is one timestep, so every term is evaluated and the sum is exact given the ``x_t``
     draws. Either way the reported standard error is across images, so it includes the sampling of
     ``t``. The ``t`` draws use their own generator (seeded ``seed + 1``), so ``n_strata=None`` draws
