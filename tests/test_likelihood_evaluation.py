@@ -224,6 +224,11 @@ def test_cli_evaluate_nll_on_a_few_images(tmp_path, capsys):
     assert main(["evaluate", "--checkpoint", str(ckpt), "--metrics", "nll", "--limit", "2", "--out", str(out)]) == 0
     m = json.loads(out.read_text())
     assert m["n_images"] == 2 and m["bits_per_dim"] > 0
+    assert m["network_calls_per_image"] == TINY.schedule.T
+    assert main(["evaluate", "--checkpoint", str(ckpt), "--metrics", "nll", "--limit", "2", "--strata", "3", "--out", str(out)]) == 0
+    assert 2 <= json.loads(out.read_text())["network_calls_per_image"] <= 4
+    assert main(["evaluate", "--checkpoint", str(ckpt), "--metrics", "nll", "--limit", "2", "--strata", "0"]) == 2
+    assert "strata must be >= 1" in capsys.readouterr().err
     with pytest.raises(SystemExit, match="subset of nll,fd"):
         main(["evaluate", "--checkpoint", str(ckpt), "--metrics", "bpd"])
     bad = tmp_path / "bad.npz"
