@@ -20,7 +20,7 @@ from .samplers import ddim_step, model_denoiser, sample
 from .training import PRESETS, batch_loss, pick_device
 from .unet import UNet
 
-__all__ = ["benchmark_preset"]
+__all__ = ["benchmark_preset", "matmul_peak_tflops"]
 
 
 def _sync(dev: torch.device) -> None:
@@ -35,6 +35,31 @@ def _peak_mib(dev: torch.device) -> float:
     return rss / (2**20 if sys.platform == "darwin" else 2**10)
 
 
+def matmul_peak_tflops(device: str | torch.device = "cpu", n: int | None = None, repeats: int = 5) -> float:
+    """The measured matrix-multiply rate of a device, TFLOP/s: the ceiling to compare training against.
+
+    Times ``repeats`` products of two ``n x n`` matrices (``2 n^3`` FLOPs each) after one warm-up,
+    in bfloat16 on CUDA (the dtype the presets train in there) and float32 elsewhere. ``n``
+    defaults to 8192 on CUDA and 1024 on other devices.
+
+    Raises:
+        ValueError: if ``n < 1`` or ``repeats < 1``.
+    """
+    dev = torch.device(device)
+    n = n if n is not None else (8192 if dev.type == "cuda" else 1024)
+    if n < 1 or repeats < 1:
+        raise ValueError(f"matmul_peak_tflops needs n >= 1 and repeats >= 1, got n={n}, repeats={repeats}.")
+    dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
+    a, b = (torch.randn(n, n, device=dev, dtype=dtype) for _ in range(2))
+    a @ b
+    _sync(dev)
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    _sync(dev)
+    return 2 * n**3 * repeats / (time.perf_counter() - t0) / 1e12
+
+
 def benchmark_preset(
     name: str, device: str | None = None, train_steps: int = 10, warmup: int = 3, sample_batch: int = 64, sample_steps: int = 10
 ) -> dict:
@@ -44,8 +69,9 @@ def benchmark_preset(
         A dict with ``preset``, ``device``, ``params``, ``batch_size``, ``train_images_per_s``,
         ``train_step_ms``, ``sample_images_per_s`` (images x steps per second, i.e. network
         evaluations per second), ``peak_memory_mib``, ``forward_gflops_per_image`` (one forward pass,
-        counted by ``torch.utils.flop_counter``) and ``train_tflops_per_s`` (taking a training step
-        as 3 forward passes, the usual estimate).
+        counted by ``torch.utils.flop_counter``), ``train_tflops_per_s`` (taking a training step
+        as 3 forward passes, the usual estimate), ``matmul_peak_tflops_per_s`` (from
+        :func:`matmul_peak_tflops` on the same device) and ``train_fraction_of_matmul_peak``.
 
     Raises:
         KeyError: for an unknown preset name.
@@ -93,6 +119,8 @@ def benchmark_preset(
         sample(denoiser, cfg.schedule, partial(ddim_step, eta=0.0), x_T, steps)
         _sync(dev)
     sample_s = time.perf_counter() - t0
+    train_tflops = 3 * flops_forward * B / train_s / 1e12
+    peak = matmul_peak_tflops(dev)
     return {
         "preset": name,
         "device": str(dev),
@@ -103,6 +131,8 @@ def benchmark_preset(
         "sample_images_per_s": round(sample_batch * len(steps) / sample_s, 1),
         "peak_memory_mib": round(_peak_mib(dev), 1),
         "forward_gflops_per_image": round(flops_forward / 1e9, 4),
-        "train_tflops_per_s": round(3 * flops_forward * B / train_s / 1e12, 4),
+        "train_tflops_per_s": round(train_tflops, 4),
+        "matmul_peak_tflops_per_s": round(peak, 4),
+        "train_fraction_of_matmul_peak": round(train_tflops / peak, 3),
         "torch_threads": torch.get_num_threads(),
     }

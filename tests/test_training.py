@@ -167,5 +167,22 @@ def test_benchmark_reports_positive_rates():
     assert r["params"] == sum(p.numel() for p in UNet(PRESETS["mnist-cpu"].model).parameters())
     for key in ("train_images_per_s", "sample_images_per_s", "peak_memory_mib", "forward_gflops_per_image"):
         assert r[key] > 0
+    assert r["matmul_peak_tflops_per_s"] > 0 and r["train_fraction_of_matmul_peak"] > 0
     with pytest.raises(KeyError, match="unknown preset"):
         benchmark_preset("cifar")
+
+
+def test_matmul_peak_counts_the_flops_torch_counts():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from ddpm_lib.benchmark import matmul_peak_tflops
+
+    # the rate's numerator, 2 n^3 per product, is what torch's own FLOP counter reports
+    a = torch.randn(48, 48)
+    with FlopCounterMode(display=False) as counter:
+        a @ a
+    assert counter.get_total_flops() == 2 * 48**3
+    rate = matmul_peak_tflops("cpu", n=128, repeats=2)
+    assert 1e-5 < rate < 1e3  # between 10 MFLOP/s and 1 PFLOP/s: any real CPU
+    with pytest.raises(ValueError, match="n >= 1"):
+        matmul_peak_tflops("cpu", n=0)
