@@ -79,9 +79,10 @@ def elbo_strata(schedule: Schedule, n_strata: int | None = None) -> list[torch.T
     ``None`` gives one group per timestep (every term evaluated). An integer ``K`` cuts the range
     of :math:`\\log\\mathrm{SNR}(t)` over ``t = 2..T`` into ``K`` intervals of equal width and
     keeps the non-empty ones, so there are at most ``K`` groups. Equal width in log-SNR rather than
-    in ``t`` because the bound's terms are spread evenly in log-SNR (Kingma et al. 2021, §4.1),
-    while in ``t`` they pile up at the ends (book eq. ``elbo-stratified``, chapter "Training a DDPM
-    on MNIST").
+    in ``t`` because the terms vary far less within such a group: in ``t`` they pile up at the ends
+    (measured in the chapter "Training a DDPM on MNIST", book eq. ``elbo-stratified``), while the
+    continuous-time bound of Kingma et al. (2021) is an integral over the SNR that does not depend
+    on how ``t`` maps onto it.
 
     Returns:
         A list of 1-D ``int64`` tensors of timesteps, in increasing order, that together hold
@@ -161,10 +162,11 @@ def elbo_bits_per_dim(
         # t = 1 (the decoder), then one t per group, each image drawing its own t in the group
         for group in [torch.tensor([1])] + strata:
             t = group[torch.randint(len(group), (B,), generator=t_gen)]
+            t_dev = t.to(device)
             eps = torch.randn(x0.shape, generator=gen).to(device)
-            xt = q_sample(x0, t.to(device), eps, schedule)
-            x0_hat = denoiser(xt, t.to(device))
-            term = decoder_nll(x0, x0_hat, schedule) if group[0] == 1 else denoising_kl(x0, xt, t.to(device), x0_hat, schedule)
+            xt = q_sample(x0, t_dev, eps, schedule)
+            x0_hat = denoiser(xt, t_dev)
+            term = decoder_nll(x0, x0_hat, schedule) if group[0] == 1 else denoising_kl(x0, xt, t_dev, x0_hat, schedule)
             term = term.double().cpu()
             by_t.index_add_(0, t, term)
             count_t.index_add_(0, t, torch.ones_like(t))
