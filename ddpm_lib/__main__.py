@@ -113,7 +113,7 @@ def _cmd_train_classifier(args: argparse.Namespace) -> None:
 def _cmd_evaluate(args: argparse.Namespace) -> None:
     from .checkpoint import load_classifier, load_model
     from .data import load_mnist
-    from .evaluation import check_images, elbo_bits_per_dim, frechet_distance, generate_images
+    from .evaluation import check_images, elbo_bits_per_dim, frechet_distances, generate_images
     from .training import pick_device
 
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
@@ -142,8 +142,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
             n = args.n_samples or test_images.shape[0]
             fake = generate_images(loaded, n, args.sampler, args.steps, 0.0, args.seed, args.batch_size, dev)
         floor_images = load_mnist("train")[0][: fake.shape[0]]
-        fd = frechet_distance(fake, test_images, classifier)
-        floor = frechet_distance(floor_images, test_images, classifier)
+        fd, floor = frechet_distances([fake, floor_images], test_images, classifier)
         result.update({"fd": fd, "fd_floor": floor, "fd_ratio": fd / floor, "fd_n_samples": int(fake.shape[0]),
                        "fd_reference": f"MNIST test, {test_images.shape[0]} images",
                        "fd_sampler": "from --samples" if args.samples else f"{args.sampler}, steps={args.steps or 'default'}"})

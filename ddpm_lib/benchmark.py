@@ -38,9 +38,10 @@ def _peak_mib(dev: torch.device) -> float:
 def matmul_peak_tflops(device: str | torch.device = "cpu", n: int | None = None, repeats: int = 5) -> float:
     """The measured matrix-multiply rate of a device, TFLOP/s: the ceiling to compare training against.
 
-    Times ``repeats`` products of two ``n x n`` matrices (``2 n^3`` FLOPs each) after one warm-up,
-    in bfloat16 on CUDA (the dtype the presets train in there) and float32 elsewhere. ``n``
-    defaults to 8192 on CUDA and 1024 on other devices.
+    Times ``repeats`` products of two ``n x n`` matrices after one warm-up product, in bfloat16 on
+    CUDA (the dtype the presets train in there) and float32 elsewhere. The warm-up's FLOPs are
+    counted by ``torch.utils.flop_counter`` (``2 n^3``), as the model's are in
+    :func:`benchmark_preset`. ``n`` defaults to 8192 on CUDA and 1024 on other devices.
 
     Raises:
         ValueError: if ``n < 1`` or ``repeats < 1``.
@@ -51,13 +52,14 @@ def matmul_peak_tflops(device: str | torch.device = "cpu", n: int | None = None,
         raise ValueError(f"matmul_peak_tflops needs n >= 1 and repeats >= 1, got n={n}, repeats={repeats}.")
     dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
     a, b = (torch.randn(n, n, device=dev, dtype=dtype) for _ in range(2))
-    a @ b
+    with FlopCounterMode(display=False) as counter:
+        a @ b
     _sync(dev)
     t0 = time.perf_counter()
     for _ in range(repeats):
         a @ b
     _sync(dev)
-    return 2 * n**3 * repeats / (time.perf_counter() - t0) / 1e12
+    return counter.get_total_flops() * repeats / (time.perf_counter() - t0) / 1e12
 
 
 def benchmark_preset(

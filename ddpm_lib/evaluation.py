@@ -22,7 +22,7 @@ from .samplers import clip_denoiser, model_denoiser, sample, sampler_plan
 from .schedules import Schedule
 from .vae import VAE, ELBOTerms, elbo_terms
 
-__all__ = ["generate_images", "elbo_strata", "elbo_bits_per_dim", "classifier_accuracy", "ClassifierFeatures", "frechet_distance", "check_images", "sampler_table",
+__all__ = ["generate_images", "elbo_strata", "elbo_bits_per_dim", "classifier_accuracy", "ClassifierFeatures", "frechet_distance", "frechet_distances", "check_images", "sampler_table",
            "evaluate_vae"]
 
 
@@ -216,23 +216,42 @@ class ClassifierFeatures(nn.Module):
         return self.classifier.features(to_model(images))
 
 
-def frechet_distance(fake: torch.Tensor, real: torch.Tensor, classifier: MnistClassifier, batch_size: int = 1000) -> float:
-    """Fréchet distance between the classifier features of two sets of uint8 images ``(N, 28, 28)``.
+def frechet_distances(fakes: list[torch.Tensor], real: torch.Tensor, classifier: MnistClassifier, batch_size: int = 1000) -> list[float]:
+    """Fréchet distance of each set in ``fakes`` to ``real``, in the classifier's features; uint8 images ``(N, 28, 28)``.
 
     torchmetrics' ``FrechetInceptionDistance`` with :class:`ClassifierFeatures` as the feature
-    extractor (Heusel et al. 2017, eq. 6, on MNIST-classifier features). Unitless; biased upward
-    at small N, so compare with the same-N floor of real images (see the evaluate command).
+    extractor (Heusel et al. 2017, eq. 6, on MNIST-classifier features). The real set's features
+    are computed once and kept (``reset_real_features=False``); ``reset()`` drops only the previous
+    fake set's statistics. Unitless; biased upward at small N, so compare with the same-N floor of
+    real images (see the evaluate command).
+
+    Returns:
+        One distance per set in ``fakes``, in order.
+
+    Raises:
+        ValueError: for images of the wrong dtype or shape (checked before any features are computed).
+    """
+    fakes = [check_images(fake, "fake images") for fake in fakes]
+    real = check_images(real, "real images")
+    metric = FrechetInceptionDistance(feature=ClassifierFeatures(classifier), reset_real_features=False)
+    for start in range(0, real.shape[0], batch_size):
+        metric.update(real[start : start + batch_size, None], real=True)
+    distances = []
+    for fake in fakes:
+        metric.reset()
+        for start in range(0, fake.shape[0], batch_size):
+            metric.update(fake[start : start + batch_size, None], real=False)
+        distances.append(float(metric.compute()))
+    return distances
+
+
+def frechet_distance(fake: torch.Tensor, real: torch.Tensor, classifier: MnistClassifier, batch_size: int = 1000) -> float:
+    """:func:`frechet_distances` of the single set ``fake`` to ``real``.
 
     Raises:
         ValueError: for images of the wrong dtype or shape.
     """
-    fake, real = check_images(fake, "fake images"), check_images(real, "real images")
-    metric = FrechetInceptionDistance(feature=ClassifierFeatures(classifier), reset_real_features=True)
-    for start in range(0, real.shape[0], batch_size):
-        metric.update(real[start : start + batch_size, None], real=True)
-    for start in range(0, fake.shape[0], batch_size):
-        metric.update(fake[start : start + batch_size, None], real=False)
-    return float(metric.compute())
+    return frechet_distances([fake], real, classifier, batch_size)[0]
 
 
 def sampler_table(
@@ -267,17 +286,15 @@ def sampler_table(
         raise ValueError(f"every budget must be in 1..T = 1..{T}, got {budgets}.")
     reference = load_mnist("test")[0] if reference is None else reference
     floor_images = load_mnist("train")[0][:n] if floor_images is None else floor_images[:n]
-    floor = frechet_distance(floor_images, reference, classifier)
     plan = [("ddpm", T)] + [(s, b) for s in samplers for b in budgets]
-    rows = []
+    samples, seconds = [], []
     for name, nfe in plan:
         t0 = time.perf_counter()
-        images = generate_images(loaded, n, name, None if name == "ddpm" else nfe, 0.0, seed, batch_size, device)
-        seconds = time.perf_counter() - t0
-        fd = frechet_distance(images, reference, classifier)
-        rows.append({"sampler": name, "nfe": nfe, "fd": fd, "fd_floor": floor, "fd_ratio": fd / floor, "n": n,
-                     "seconds": round(seconds, 1)})
-    return rows
+        samples.append(generate_images(loaded, n, name, None if name == "ddpm" else nfe, 0.0, seed, batch_size, device))
+        seconds.append(time.perf_counter() - t0)
+    floor, *fds = frechet_distances([floor_images] + samples, reference, classifier)
+    return [{"sampler": name, "nfe": nfe, "fd": fd, "fd_floor": floor, "fd_ratio": fd / floor, "n": n, "seconds": round(sec, 1)}
+            for (name, nfe), fd, sec in zip(plan, fds, seconds)]
 
 
 @torch.no_grad()

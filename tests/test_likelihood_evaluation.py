@@ -13,7 +13,7 @@ from ddpm_lib.__main__ import main
 from ddpm_lib.checkpoint import LoadedModel, export_weights, load_classifier, load_model, pretrained_names, read_checkpoint, resolve_checkpoint
 from ddpm_lib.classifier import MnistClassifier
 from ddpm_lib.data import to_model
-from ddpm_lib.evaluation import check_images, elbo_bits_per_dim, elbo_strata, frechet_distance, generate_images
+from ddpm_lib.evaluation import check_images, elbo_bits_per_dim, elbo_strata, frechet_distance, frechet_distances, generate_images
 from ddpm_lib.samplers import sample, sampler_plan
 from ddpm_lib.likelihood import decoder_nll, denoising_kl, prior_kl
 from ddpm_lib.losses import vlb_weight
@@ -164,6 +164,11 @@ def test_frechet_distance_is_zero_for_identical_sets_and_grows_with_difference()
     b = torch.randint(0, 256, (300, 28, 28), dtype=torch.uint8, generator=G)
     assert abs(frechet_distance(a, a, clf)) < 1e-3  # sqrtm round-off
     assert frechet_distance(a // 4, a, clf) > frechet_distance(b, a, clf)
+    # several sets against one real set: each distance is that set's alone, whatever came before it
+    # (a metric that kept the previous fake set's statistics would make the order matter)
+    forward, backward = frechet_distances([a // 4, b], a, clf), frechet_distances([b, a // 4], a, clf)
+    assert forward == pytest.approx(backward[::-1], rel=1e-9)  # float64 sums in another order: round-off
+    assert forward[0] == pytest.approx(frechet_distance(a // 4, a, clf), rel=1e-9)
 
 
 TINY = TrainConfig(model=UNetConfig(channels=(8, 16), num_res_blocks=1, attention_heads=2), schedule=SCH,

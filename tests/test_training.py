@@ -172,17 +172,15 @@ def test_benchmark_reports_positive_rates():
         benchmark_preset("cifar")
 
 
-def test_matmul_peak_counts_the_flops_torch_counts():
-    from torch.utils.flop_counter import FlopCounterMode
+def test_matmul_peak_is_flops_per_product_times_repeats_over_the_time(monkeypatch):
+    import ddpm_lib.benchmark as bm
 
-    from ddpm_lib.benchmark import matmul_peak_tflops
-
-    # the rate's numerator, 2 n^3 per product, is what torch's own FLOP counter reports
-    a = torch.randn(48, 48)
-    with FlopCounterMode(display=False) as counter:
-        a @ a
-    assert counter.get_total_flops() == 2 * 48**3
-    rate = matmul_peak_tflops("cpu", n=128, repeats=2)
-    assert 1e-5 < rate < 1e3  # between 10 MFLOP/s and 1 PFLOP/s: any real CPU
+    # a clock that advances exactly 0.5 s between the two readings: the rate must be
+    # 2 n^3 FLOPs per product x repeats / 0.5 s, exactly
+    readings = iter([10.0, 10.5])
+    monkeypatch.setattr(bm.time, "perf_counter", lambda: next(readings))
+    assert bm.matmul_peak_tflops("cpu", n=48, repeats=3) == pytest.approx(2 * 48**3 * 3 / 0.5 / 1e12, rel=1e-12)
+    monkeypatch.undo()
+    assert 1e-5 < bm.matmul_peak_tflops("cpu", n=128, repeats=2) < 1e3  # a real clock: between 10 MFLOP/s and 1 PFLOP/s
     with pytest.raises(ValueError, match="n >= 1"):
-        matmul_peak_tflops("cpu", n=0)
+        bm.matmul_peak_tflops("cpu", n=0)
