@@ -47,9 +47,9 @@ def _cmd_sample(args: argparse.Namespace) -> None:
 
 
 def _cmd_info(args: argparse.Namespace) -> None:
-    from .checkpoint import read_checkpoint
+    from .checkpoint import read_checkpoint, resolve_checkpoint
 
-    print(json.dumps(read_checkpoint(args.checkpoint).meta, indent=2, sort_keys=True))
+    print(json.dumps(read_checkpoint(resolve_checkpoint(args.checkpoint)).meta, indent=2, sort_keys=True))
 
 
 def _cmd_benchmark(args: argparse.Namespace) -> None:
@@ -159,15 +159,29 @@ def _cmd_sampler_table(args: argparse.Namespace) -> None:
     from .training import pick_device
 
     dev = pick_device(args.device)
-    rows = sampler_table(load_model(args.checkpoint, device=dev), load_classifier(args.classifier), args.n,
-                         args.nfe, seed=args.seed, batch_size=args.batch_size, device=dev)
-    result = {"checkpoint": str(args.checkpoint), "command": _command_line(), "rows": rows}
+    table = sampler_table(load_model(args.checkpoint, device=dev), load_classifier(args.classifier), args.n, args.nfe,
+                          samplers=tuple(args.samplers), seed=args.seed, batch_size=args.batch_size, device=dev,
+                          floor_sets=args.floor_sets, n_bootstrap=args.bootstrap)
+    result = {"checkpoint": str(args.checkpoint), "command": _command_line(), **table}
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(f"{'sampler':>14} {'NFE':>5} {'FD':>9} {'floor':>8} {'ratio':>6} {'s':>7}")
-    for r in rows:
-        print(f"{r['sampler']:>14} {r['nfe']:>5} {r['fd']:>9.3f} {r['fd_floor']:>8.3f} {r['fd_ratio']:>6.2f} {r['seconds']:>7.1f}")
+    print(f"n = {table['n']}; floor (n real training digits, {table['floor_sets']} disjoint sets) = "
+          f"{table['floor']:.2f} +- {table['floor_sd']:.2f} (sd)")
+    print(f"{'sampler':>14} {'NFE':>5} {'FD':>14} {'ratio':>13} {'s':>7}")
+    for r in table["rows"]:
+        print(f"{r['sampler']:>14} {r['nfe']:>5} {r['fd']:>7.2f} +- {r['fd_se']:<4.2f} {r['fd_ratio']:>6.2f} +- {r['fd_ratio_se']:<4.2f} {r['seconds']:>7.1f}")
+
+
+def _positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1 (so that e.g. ``--steps 0`` is refused, not read as "default")."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {value}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -177,7 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train (or resume) a preset; writes checkpoint, samples.png, metrics.jsonl")
     t.add_argument("--preset", required=True, help="mnist (GPU-sized) or mnist-cpu (about 10 minutes on 2 CPU cores)")
     t.add_argument("--out", required=True, help="run folder; an existing checkpoint there is resumed")
-    t.add_argument("--steps", type=int, help="total optimizer steps (overrides the preset)")
+    t.add_argument("--steps", type=_positive_int, help="total optimizer steps of the run (overrides the preset); "
+                   "a resumed run trains up to this total")
     t.add_argument("--target", choices=["eps", "x0", "v"], help="what the network predicts (overrides the preset)")
     t.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: CUDA, else MPS, else CPU)")
     t.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -185,30 +200,31 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("sample", help="draw images from a checkpoint into an .npz (uint8, (N, 28, 28)) and a PNG grid")
     s.add_argument("--checkpoint", required=True, help="a checkpoint path or a shipped name (see `pretrained`)")
-    s.add_argument("--n", type=int, default=64)
+    s.add_argument("--n", type=_positive_int, default=64)
     s.add_argument("--sampler", choices=SAMPLERS, default="ddim")
-    s.add_argument("--steps", type=int, help="ddpm-strided, ddim, dpm-solver-2m: number of steps (default 50); ddpm: must be T")
+    s.add_argument("--steps", type=_positive_int,
+                   help="ddpm-strided, ddim, dpm-solver-2m: number of steps in 1..T (default 50); ddpm: must be T")
     s.add_argument("--eta", type=float, default=0.0, help="ddim's eta (0: deterministic; 1: DDPM-like)")
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--batch-size", type=int, default=256)
-    s.add_argument("--device")
+    s.add_argument("--batch-size", type=_positive_int, default=256)
+    s.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: CUDA, else MPS, else CPU)")
     s.add_argument("--out", required=True, help="FILE.npz; the grid goes to FILE.png")
     s.set_defaults(func=_cmd_sample)
 
     i = sub.add_parser("info", help="print a checkpoint's JSON config")
-    i.add_argument("checkpoint")
+    i.add_argument("checkpoint", help="a checkpoint path or a shipped name (see `pretrained`)")
     i.set_defaults(func=_cmd_info)
 
     b = sub.add_parser("benchmark", help="training and sampling throughput and peak memory of presets")
     b.add_argument("--preset", nargs="+", default=["mnist-cpu", "mnist"])
     b.add_argument("--device")
-    b.add_argument("--train-steps", type=int, default=10)
+    b.add_argument("--train-steps", type=_positive_int, default=10)
     b.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
     b.set_defaults(func=_cmd_benchmark)
 
     v = sub.add_parser("train-vae", help="train (or resume) the Part I VAE on MNIST; writes a checkpoint (and --export weights)")
     v.add_argument("--out", required=True, help="run folder; an existing checkpoint there is resumed")
-    v.add_argument("--steps", type=int, default=12000, help="total optimizer steps (default 12000)")
+    v.add_argument("--steps", type=_positive_int, default=12000, help="total optimizer steps (default 12000)")
     v.add_argument("--latent-dim", type=int, default=32)
     v.add_argument("--hidden", type=int, nargs="+", default=[256, 256], help="hidden widths of the encoder MLP")
     v.add_argument("--batch-size", type=int, default=128)
@@ -222,14 +238,14 @@ def build_parser() -> argparse.ArgumentParser:
     pt.set_defaults(func=_cmd_pretrained)
 
     ex = sub.add_parser("export", help="write a slim shipping copy (EMA weights, schedule, config) of a training checkpoint")
-    ex.add_argument("--checkpoint", required=True)
+    ex.add_argument("--checkpoint", required=True, help="a checkpoint path or a shipped name")
     ex.add_argument("--out", required=True)
     ex.add_argument("--command", help="the command that trained it, stored in the JSON")
     ex.set_defaults(func=_cmd_export)
 
     tc = sub.add_parser("train-classifier", help="train the MNIST evaluation classifier (minutes on a CPU)")
     tc.add_argument("--out", required=True, help="the checkpoint file to write, e.g. classifier.safetensors")
-    tc.add_argument("--epochs", type=int, default=3)
+    tc.add_argument("--epochs", type=_positive_int, default=3)
     tc.add_argument("--seed", type=int, default=0)
     tc.add_argument("--device")
     tc.add_argument("--no-progress", action="store_true")
@@ -244,20 +260,24 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", help="write the metrics as JSON here too")
     ev.add_argument("--classifier", default="mnist-classifier", help="the evaluation network (path or shipped name)")
     ev.add_argument("--samples", help="an .npz from `sample` to score instead of drawing new images")
-    ev.add_argument("--n-samples", type=int, help="images to draw for fd (default: as many as test images)")
+    ev.add_argument("--n-samples", type=_positive_int, help="images to draw for fd (default: as many as test images)")
     ev.add_argument("--sampler", choices=SAMPLERS, default="ddpm")
-    ev.add_argument("--steps", type=int)
+    ev.add_argument("--steps", type=_positive_int, help="fd's sampler steps, as in `sample`")
     ev.add_argument("--seed", type=int, default=0)
-    ev.add_argument("--batch-size", type=int, default=250)
+    ev.add_argument("--batch-size", type=_positive_int, default=250)
     ev.add_argument("--device")
     ev.set_defaults(func=_cmd_evaluate)
     st = sub.add_parser("sampler-table", help="FD ratio against network evaluations for DDPM (1000 and strided), DDIM and DPM-Solver++(2M)")
     st.add_argument("--checkpoint", required=True)
     st.add_argument("--classifier", default="mnist-classifier")
-    st.add_argument("--n", type=int, default=1000, help="samples per row (the floor uses as many real images)")
-    st.add_argument("--nfe", type=int, nargs="+", default=[10, 20, 50, 100], help="budgets for ddpm-strided, ddim and dpm-solver-2m")
+    st.add_argument("--n", type=_positive_int, default=2000, help="samples per row (the floor uses as many real images per set)")
+    st.add_argument("--nfe", type=_positive_int, nargs="+", default=[10, 20, 50, 100], help="budgets for every sampler but ddpm (which runs all T steps)")
+    st.add_argument("--samplers", nargs="+", choices=sorted(SAMPLERS), default=["ddpm", "ddpm-strided", "ddim", "dpm-solver-2m"],
+                    help="samplers to compare (ddpm costs T network calls per image)")
+    st.add_argument("--floor-sets", type=_positive_int, default=5, help="disjoint sets of n training digits for the floor")
+    st.add_argument("--bootstrap", type=_positive_int, default=200, help="bootstrap replicates for each distance's error")
     st.add_argument("--seed", type=int, default=0)
-    st.add_argument("--batch-size", type=int, default=250)
+    st.add_argument("--batch-size", type=_positive_int, default=250)
     st.add_argument("--device")
     st.add_argument("--out", help="write the rows as JSON here too")
     st.set_defaults(func=_cmd_sampler_table)
@@ -268,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (ValueError, FileNotFoundError, RuntimeError, KeyError) as err:
+    except (ValueError, OSError, RuntimeError, KeyError) as err:  # OSError: FileNotFoundError, PermissionError, ...
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -9,8 +9,11 @@ Layout of a checkpoint file (format 1):
   :class:`~ddpm_lib.unet.UNetConfig`), ``schedule`` (its name), ``train`` (the training config),
   ``state`` (step, images seen, wall time) and ``optim`` (AdamW's hyper-parameters).
 
-Writing goes to a temporary file in the same folder, then ``os.replace`` renames it over the
-target, so a crash never leaves a half-written checkpoint. ``python -m ddpm_lib info PATH`` prints
+Writing (:func:`write_atomic`) goes to one temporary file ``NAME.XXXXXXXX.tmp`` in the same folder,
+created with the usual umask-respecting mode, fsynced, then renamed over the target with
+``os.replace``, so a crash never leaves a half-written checkpoint. A temporary file left by a write
+that was killed is removed by the next write of the same target (and, in a run folder, when training
+resumes: :func:`remove_stale_temp_files`). ``python -m ddpm_lib info PATH`` (or a shipped name) prints
 the JSON. The field ``kind`` (``"ddpm"``, ``"classifier"``, ``"vae"``) says which network a file
 holds; :func:`load_model`, :func:`load_classifier` and :func:`load_vae` each refuse the other kinds.
 """
@@ -19,13 +22,14 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import re
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save as serialize
 
 from .classifier import ClassifierConfig, MnistClassifier
 from .schedules import Schedule
@@ -44,6 +48,8 @@ __all__ = [
     "export_weights",
     "pretrained_names",
     "resolve_checkpoint",
+    "write_atomic",
+    "remove_stale_temp_files",
     "WEIGHTS_DIR",
 ]
 
@@ -55,26 +61,102 @@ _META_KEY = "ddpm_lib"
 
 
 def save_checkpoint(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict) -> None:
-    """Write ``tensors`` and the JSON-serializable ``meta`` to ``path`` atomically.
+    """Write ``tensors`` and the JSON-serializable ``meta`` to ``path`` atomically (:func:`write_atomic`).
 
     Raises:
         TypeError: if ``meta`` is not JSON-serializable.
+        ValueError: if ``path`` is an existing folder.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps({"format": FORMAT, **meta}, sort_keys=True)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
+    # serialized here, not with safetensors' save_file: that one writes through a hidden temporary
+    # file of its own (".tmpXXXXXX", mode 0600) which a killed write leaves behind
+    write_atomic(path, serialize(tensors, metadata={_META_KEY: text}))
+
+
+_TEMP_SUFFIX = ".tmp"
+# the temporary file that safetensors' save_file (used before) wrote through: Rust's tempfile crate
+_LEGACY_TEMP = re.compile(r"\.tmp[A-Za-z0-9]{6}")
+
+
+def _temp_pattern(path: Path) -> re.Pattern:
+    # NAME.<random>.tmp, as write_atomic (and the tempfile.mkstemp of earlier versions) names them
+    return re.compile(re.escape(path.name) + r"\.[A-Za-z0-9_]+" + re.escape(_TEMP_SUFFIX))
+
+
+def write_atomic(path: str | Path, data: bytes) -> None:
+    """Replace the file ``path`` by ``data`` atomically: a reader sees the old file or the new one, never a part.
+
+    The bytes go to one temporary file ``NAME.XXXXXXXX.tmp`` in ``path``'s folder, created with mode
+    ``0o666`` less the umask (like any new file), then fsynced and renamed over ``path`` with
+    ``os.replace`` (the folder is fsynced too). On an exception the temporary file is removed; one
+    left by a killed process is removed by the next write of ``path`` (a folder is meant to have one
+    writer at a time). Missing parent folders are created.
+
+    Raises:
+        ValueError: if ``path`` is an existing folder.
+        OSError: from the file system (no space, no permission, ...); ``path`` is then unchanged.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder; pass a file path to write (e.g. {path / 'model.safetensors'}).")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temp_files(path)
+    tmp = path.parent / f"{path.name}.{secrets.token_hex(4)}{_TEMP_SUFFIX}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
     try:
-        save_file(tensors, tmp, metadata={_META_KEY: text})
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
+    _fsync_folder(path.parent)
+
+
+def _fsync_folder(folder: Path) -> None:
+    # make the rename itself durable; not every platform can open a folder (Windows cannot)
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def remove_stale_temp_files(path: str | Path, legacy: bool = False) -> list[Path]:
+    """Delete the temporary files that interrupted writes of ``path`` left in its folder; return them.
+
+    These are the files ``NAME.XXXXXXXX.tmp`` of :func:`write_atomic`. With ``legacy``, also the
+    hidden ``.tmpXXXXXX`` files that earlier versions (through safetensors' ``save_file``) left in a
+    run folder; only those that are empty or start like a safetensors file are touched. Call it only
+    where no other process is writing ``path``.
+    """
+    path = Path(path)
+    if not path.parent.is_dir():
+        return []
+    own = _temp_pattern(path)
+    removed = []
+    for p in path.parent.iterdir():
+        if own.fullmatch(p.name) or (legacy and _LEGACY_TEMP.fullmatch(p.name) and _looks_like_safetensors(p)):
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
+
+
+def _looks_like_safetensors(p: Path) -> bool:
+    # empty (killed before the first byte) or an 8-byte little-endian header length, then "{"
+    if not p.is_file() or p.is_symlink():
+        return False
+    with p.open("rb") as f:
+        head = f.read(9)
+    return len(head) == 0 or (len(head) == 9 and head[8:9] == b"{")
 
 
 @dataclass(frozen=True)
@@ -209,12 +291,19 @@ def export_weights(checkpoint: str | Path, out: str | Path, command: str) -> Pat
 
     The optimizer and RNG states are dropped; ``command`` (the command that trained it) is stored in
     the JSON. :func:`load_model` reads the result like any checkpoint; training cannot resume from it.
+
+    Args:
+        checkpoint: a path or the name of a shipped checkpoint.
+
+    Raises:
+        FileNotFoundError, ValueError: as :func:`read_checkpoint`; ``ValueError`` also if the
+            checkpoint is not a DDPM's.
     """
-    ckpt = read_checkpoint(checkpoint)
+    ckpt = _read_of_kind(checkpoint, "ddpm", "DDPM", "pass a checkpoint written by `python -m ddpm_lib train`")
     tensors = {k: v for k, v in ckpt.tensors.items() if k.startswith("ema.") or k == "schedule.beta"}
     meta = {k: v for k, v in ckpt.meta.items() if k not in ("format", "optim", "lr_scheduler")}
     meta["command"] = command
-    meta["exported_from_step"] = ckpt.meta["state"]["step"]
+    meta["exported_from_step"] = ckpt.meta.get("exported_from_step", ckpt.meta.get("state", {}).get("step"))
     save_checkpoint(out, tensors, meta)
     return Path(out)
 

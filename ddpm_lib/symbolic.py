@@ -2,7 +2,9 @@
 
 The book checks every algebraic step by comparing the expression on one line with the expression
 on the next: two *different* expressions, equal by :func:`is_equal` (``simplify(lhs - rhs) == 0``,
-or agreement at random points where simplification is too slow).
+or agreement at random points where simplification is too slow). :func:`is_equal` and
+:func:`equal_at_random_points` refuse (:class:`VacuousCheckError`) two sides that SymPy has already
+built into one expression, since such a check could not fail.
 """
 
 from __future__ import annotations
@@ -19,7 +21,39 @@ __all__ = [
     "complete_square",
     "is_equal",
     "equal_at_random_points",
+    "VacuousCheckError",
+    "refuse_vacuous",
 ]
+
+
+class VacuousCheckError(ValueError):
+    """A comparison whose two sides are already the same expression as SymPy built them.
+
+    SymPy evaluates as it builds: ``sqrt(a*b)`` of positive symbols becomes ``sqrt(a)*sqrt(b)``,
+    ``(1 - a - s) + s`` becomes ``1 - a``, ``2*(x + y)`` becomes ``2*x + 2*y``. A check whose sides
+    have merged this way compares an expression with itself and cannot fail.
+    """
+
+
+def refuse_vacuous(lhs, rhs, what: str = "this comparison") -> None:
+    """Raise :class:`VacuousCheckError` if ``lhs - rhs`` is already 0 as built (before any simplification).
+
+    That is the case when the two sides are the same object, or differ only in ways SymPy's
+    automatic evaluation removes (term order, collected like terms, numeric factors distributed).
+    The book uses it so that every symbolic check compares two *different* constructions.
+
+    Raises:
+        VacuousCheckError: with a message that says why and what to do instead.
+    """
+    difference = sp.sympify(lhs) - sp.sympify(rhs)
+    if difference == 0:
+        raise VacuousCheckError(
+            f"{what}: both sides are already the same expression as SymPy built them "
+            f"({sp.sstr(sp.sympify(lhs))[:80]}), so the check cannot fail. Compare two different "
+            "constructions: derive one side step by step and write the other from the formula in the text. "
+            "Where a derived result (from solve, integrate, simplify) comes out exactly as the text writes it, "
+            "check a property that could fail instead, e.g. substitute it into the equation it solves."
+        )
 
 
 def gaussian_logpdf(x: sp.Expr, mean: sp.Expr, var: sp.Expr) -> sp.Expr:
@@ -74,7 +108,16 @@ def equal_at_random_points(lhs: sp.Expr, rhs: sp.Expr, trials: int = 20, seed: i
     Values in (0, 1) suit schedule quantities (betas, alpha_bars); the tolerance ``rtol`` is relative
     to the larger magnitude and covers float round-off of 30-digit evaluation. Points where either
     side is not finite are skipped; if all are, the answer is False.
+
+    Raises:
+        VacuousCheckError: if the two sides are already the same expression as built (:func:`refuse_vacuous`).
     """
+    refuse_vacuous(lhs, rhs, "equal_at_random_points")
+    return _agree_at_random_points(sp.sympify(lhs), sp.sympify(rhs), trials, seed, rtol)
+
+
+def _agree_at_random_points(lhs: sp.Expr, rhs: sp.Expr, trials: int = 20, seed: int = 0, rtol: float = 1e-9) -> bool:
+    """:func:`equal_at_random_points` without the guard (the checkers compare a reader's answer with a known slip)."""
     rng = random.Random(seed)
     symbols = sorted(lhs.free_symbols | rhs.free_symbols, key=str)
     agreed = 0
@@ -94,7 +137,13 @@ def is_equal(lhs: sp.Expr, rhs: sp.Expr) -> bool:
 
     A False from simplify alone is not trusted (simplify can miss identities), hence the numeric
     fallback; a True from it is.
+
+    Raises:
+        VacuousCheckError: if the two sides are already the same expression as built, so that the
+            check could not fail (:func:`refuse_vacuous`).
     """
+    lhs, rhs = sp.sympify(lhs), sp.sympify(rhs)
+    refuse_vacuous(lhs, rhs, "is_equal")
     if sp.simplify(sp.expand(lhs - rhs)) == 0:
         return True
-    return equal_at_random_points(lhs, rhs)
+    return _agree_at_random_points(lhs, rhs)

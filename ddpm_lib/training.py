@@ -17,7 +17,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import time
+import warnings
 from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache, partial
 from pathlib import Path
@@ -28,7 +30,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
-from .checkpoint import read_checkpoint, save_checkpoint
+from .checkpoint import read_checkpoint, remove_stale_temp_files, save_checkpoint, write_atomic
 from .classifier import ClassifierConfig, MnistClassifier
 from .data import load_mnist, save_grid, to_model, to_uint8
 from .forward import q_sample
@@ -144,24 +146,111 @@ def batch_loss(
     return LOSSES[config.loss](output.float(), x0, eps, t, config.schedule, config.target)
 
 
+_DEVICE_NAME = re.compile(r"(cpu|mps)(:0)?|cuda(:[0-9]+)?")
+
+
 def pick_device(name: str | None = None) -> torch.device:
     """``name`` if given (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``), else CUDA, else MPS, else the CPU.
 
     Raises:
-        RuntimeError: if the named device is not available.
+        ValueError: if ``name`` is none of those forms; the message lists them and which are available.
+        RuntimeError: if the named device is not available here (or ``cuda:N`` is past the last GPU).
     """
-    if name is not None:
-        dev = torch.device(name)
-        if dev.type == "cuda" and not torch.cuda.is_available():
-            raise RuntimeError("--device cuda was asked for, but torch.cuda.is_available() is False.")
-        if dev.type == "mps" and not torch.backends.mps.is_available():
-            raise RuntimeError("--device mps was asked for, but MPS is not available.")
-        return dev
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
+    if name is None:
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    name = str(name).strip()
+    if not _DEVICE_NAME.fullmatch(name):
+        raise ValueError(f"unknown device {name!r}; the devices are {_device_menu()}.")
+    dev = torch.device(name)
+    if dev.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if dev.index is not None and dev.index >= n > 0:
+            raise RuntimeError(f"device {name!r} was asked for, but this machine has {n} CUDA device(s), cuda:0..cuda:{n - 1}.")
+    if (dev.type == "cuda" and not torch.cuda.is_available()) or (dev.type == "mps" and not torch.backends.mps.is_available()):
+        raise RuntimeError(f"device {name!r} was asked for, but it is not available here; the devices are {_device_menu()}.")
+    return dev
+
+
+def _device_menu() -> str:
+    # the accepted device names and whether each is available on this machine
+    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    cuda = f"available: {n} GPU(s), cuda:0..cuda:{n - 1}" if n else "not available here"
+    mps = "available" if torch.backends.mps.is_available() else "not available here"
+    return f"cpu (available), cuda or cuda:N ({cuda}), mps ({mps})"
+
+
+def _run_folder(out_dir: str | Path) -> Path:
+    """Create the run folder ``out_dir`` if needed; return it as a path.
+
+    Raises:
+        ValueError: if ``out_dir``, or a folder above it, is an existing file.
+    """
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        hint = f"its folder {out.parent}" if out.name == CHECKPOINT_NAME else "a folder (a new one, or a run folder to resume)"
+        raise ValueError(f"the run folder {out} is an existing file; a run folder holds {CHECKPOINT_NAME}, samples.png "
+                         f"and metrics.jsonl. Pass {hint} as --out.")
+    blocker = next((p for p in out.parents if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise ValueError(f"cannot create the run folder {out}: {blocker} is an existing file, not a folder.")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def _check_not_past(path: Path, step: int, steps: int) -> None:
+    """Refuse to resume a run that is already past the ``steps`` asked for (it would train nothing).
+
+    Raises:
+        ValueError: if ``step > steps``, saying how to train further.
+    """
+    if step > steps:
+        raise ValueError(f"{path} is already at step {step}, past the {steps} steps asked for, so there is nothing to "
+                         f"train. --steps is the run's total: pass --steps N with N > {step} to train further, or a new "
+                         "--out folder for a shorter run.")
+
+
+def _metrics_up_to(path: Path, step: int) -> None:
+    """Keep the records of the log ``path`` (JSON lines) up to ``step``: those written after the checkpoint go.
+
+    A torn last line (a write cut short by a kill) is dropped with a warning naming the file. The
+    log is rewritten atomically, and only if something changed.
+
+    Raises:
+        ValueError: for a line before the last that is not a JSON record with an integer ``"step"``,
+            naming the file and the line.
+    """
+    if not path.exists():
+        return
+    text = path.read_bytes().decode("utf-8", errors="replace")
+    lines = text.split("\n")
+    if lines[-1] == "":
+        lines.pop()
+    last = max((i for i, ln in enumerate(lines) if ln.strip()), default=-1)
+    kept = []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+            if not isinstance(rec, dict) or not isinstance(rec.get("step"), int):
+                raise ValueError('not an object with an integer "step"')
+        except ValueError as err:
+            if i == last:
+                warnings.warn(f"{path}: dropped its last line, {len(line)} characters cut short (a write was "
+                              f"interrupted): {line[:60]!r}", stacklevel=3)
+                continue
+            raise ValueError(f"{path}, line {i + 1}: not a metrics record ({err}): {line[:80]!r}. The log is corrupt "
+                             f"there: fix or delete that line (or move {path.name} away to start a new log), then "
+                             "resume again.") from None
+        if rec["step"] <= step:
+            kept.append(line)
+    new = "".join(ln + "\n" for ln in kept)
+    if new != text:
+        write_atomic(path, new.encode())
 
 
 def _flatten_optimizer(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list]:
@@ -218,10 +307,12 @@ def train(
         The path of the final checkpoint.
 
     Raises:
-        ValueError: if ``out_dir`` holds a checkpoint of a different configuration.
+        ValueError: if ``out_dir`` is a file, holds a checkpoint of a different configuration or one
+            already past ``steps``, or its ``metrics.jsonl`` is corrupt before its last line (a torn
+            last line is dropped with a warning).
+        RuntimeError, ValueError: from :func:`pick_device`.
     """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = _run_folder(out_dir)
     if steps is not None:
         config = replace(config, steps=steps)
     # torchrun: one process per device; each takes its slice of the global batch (see below)
@@ -235,6 +326,9 @@ def train(
         dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
     ckpt_path = out / CHECKPOINT_NAME
     metrics_path = out / "metrics.jsonl"
+    if rank == 0:  # what writes killed before their rename left behind
+        remove_stale_temp_files(ckpt_path, legacy=True)
+        remove_stale_temp_files(metrics_path)
 
     torch.manual_seed(config.seed)
     model = UNet(config.model).to(dev)
@@ -268,9 +362,9 @@ def train(
         gen.set_state(ckpt.tensors["rng.generator"])
         torch.set_rng_state(ckpt.tensors["rng.torch"])
         step, seen, wall = stored["state"]["step"], stored["state"]["images_seen"], stored["state"]["wall_s"]
-        if metrics_path.exists():  # drop log lines written after the checkpoint we resume from
-            kept = [ln for ln in metrics_path.read_text().splitlines() if json.loads(ln)["step"] <= step]
-            metrics_path.write_text("".join(ln + "\n" for ln in kept))
+        _check_not_past(ckpt_path, step, config.steps)
+        if rank == 0:
+            _metrics_up_to(metrics_path, step)  # drop log lines written after the checkpoint we resume from
 
     def save() -> None:
         opt_tensors, groups = _flatten_optimizer(opt)
@@ -340,13 +434,16 @@ def train(
             with metrics_path.open("a") as f:
                 f.write(json.dumps(rec) + "\n")
             bar.set_postfix(loss=f"{rec['loss']:.4f}")
-        if rank == 0 and (step % config.checkpoint_every == 0 or step == config.steps):
-            save()
+        # samples before the checkpoint: a run killed between the two redraws them when it resumes
         if rank == 0 and (step % config.sample_every == 0 or step == config.steps):
             write_samples()
+        if rank == 0 and (step % config.checkpoint_every == 0 or step == config.steps):
+            save()
     bar.close()
     if rank == 0 and not ckpt_path.exists():  # steps was already reached: nothing trained, but leave a checkpoint
         save()
+    if rank == 0 and not (out / "samples.png").is_file():  # e.g. a run of an older version killed before drawing them
+        write_samples()
     if own_group:
         dist.barrier()
         dist.destroy_process_group()
@@ -496,15 +593,16 @@ def train_vae(
         The path of the checkpoint.
 
     Raises:
-        ValueError: if ``out_dir`` holds a checkpoint of another configuration.
+        ValueError: if ``out_dir`` is a file or holds a checkpoint of another configuration or one
+            already past ``steps``.
     """
     from .evaluation import evaluate_vae
 
     if steps is not None:
         config = replace(config, steps=steps)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = _run_folder(out_dir)
     path = out / CHECKPOINT_NAME
+    remove_stale_temp_files(path, legacy=True)
     torch.manual_seed(config.seed)
     model = VAE(config.model)
     opt = torch.optim.Adam(model.parameters(), lr=config.lr)
@@ -519,6 +617,7 @@ def train_vae(
         opt.load_state_dict(_unflatten_optimizer(ckpt.prefixed("optim"), ckpt.meta["optim"]))
         gen.set_state(ckpt.tensors["rng.generator"])
         step, wall = ckpt.meta["state"]["step"], ckpt.meta["state"]["wall_s"]
+        _check_not_past(path, step, config.steps)
 
     def save() -> None:
         opt_tensors, groups = _flatten_optimizer(opt)

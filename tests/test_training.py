@@ -184,3 +184,147 @@ def test_matmul_peak_is_flops_per_product_times_repeats_over_the_time(monkeypatc
     assert 1e-5 < bm.matmul_peak_tflops("cpu", n=128, repeats=2) < 1e3  # a real clock: between 10 MFLOP/s and 1 PFLOP/s
     with pytest.raises(ValueError, match="n >= 1"):
         bm.matmul_peak_tflops("cpu", n=0)
+
+
+# --- run folders, resumption and interrupted writes ------------------------------------------------
+
+
+def test_out_that_is_a_file_is_refused_clearly(tmp_path, images):
+    f = tmp_path / "run.txt"
+    f.write_text("not a folder")
+    with pytest.raises(ValueError, match=r"run folder .*run\.txt is an existing file"):
+        train(TINY, f, steps=1, images=images, progress=False)
+    with pytest.raises(ValueError, match=r"run\.txt is an existing file, not a folder"):
+        train(TINY, f / "sub", steps=1, images=images, progress=False)
+    assert f.read_text() == "not a folder"
+
+
+def test_resume_past_the_steps_asked_for_is_refused(tmp_path, images):
+    train(TINY, tmp_path, steps=4, images=images, progress=False)
+    with pytest.raises(ValueError, match=r"already at step 4, past the 2 steps asked for.*--steps N with N > 4"):
+        train(TINY, tmp_path, steps=2, images=images, progress=False)
+    # the same total again is a finished run: nothing to do, no error
+    train(TINY, tmp_path, steps=4, images=images, progress=False)
+    assert read_checkpoint(tmp_path / CHECKPOINT_NAME).meta["state"]["step"] == 4
+
+
+def test_samples_are_drawn_on_resume_when_a_kill_left_none(tmp_path, images, monkeypatch):
+    import ddpm_lib.training as training
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt("killed while drawing samples.png")
+
+    monkeypatch.setattr(training, "save_grid", killed)
+    with pytest.raises(KeyboardInterrupt):
+        train(TINY, tmp_path, steps=2, images=images, progress=False)
+    monkeypatch.undo()
+    assert not (tmp_path / "samples.png").exists()
+    train(TINY, tmp_path, steps=2, images=images, progress=False)
+    assert (tmp_path / "samples.png").is_file()
+    # a finished run whose samples.png went missing (an older version killed between the two) gets it back
+    (tmp_path / "samples.png").unlink()
+    train(TINY, tmp_path, steps=2, images=images, progress=False)
+    assert (tmp_path / "samples.png").is_file()
+
+
+def test_torn_last_metrics_line_is_dropped_with_a_warning(tmp_path, images):
+    train(TINY, tmp_path, steps=2, images=images, progress=False)
+    log = tmp_path / "metrics.jsonl"
+    with log.open("a") as f:
+        f.write('{"step": 3, "loss": 0.12')  # a write cut short by a kill
+    with pytest.warns(UserWarning, match=r"metrics\.jsonl: dropped its last line"):
+        train(TINY, tmp_path, steps=4, images=images, progress=False)
+    assert [json.loads(ln)["step"] for ln in log.read_text().splitlines()] == [1, 2, 3, 4]
+
+
+def test_corrupt_metrics_line_before_the_last_names_file_and_line(tmp_path, images):
+    train(TINY, tmp_path, steps=2, images=images, progress=False)
+    log = tmp_path / "metrics.jsonl"
+    lines = log.read_text().splitlines()
+    log.write_text(lines[0] + "\n" + '{"step": 2, "lo' + "\n" + lines[1] + "\n")
+    with pytest.raises(ValueError, match=r"metrics\.jsonl, line 2: not a metrics record"):
+        train(TINY, tmp_path, steps=4, images=images, progress=False)
+
+
+def test_resume_removes_temp_files_of_killed_writes(tmp_path, images):
+    from safetensors.torch import save as serialize
+
+    train(TINY, tmp_path, steps=2, images=images, progress=False)
+    stale = [tmp_path / "checkpoint.safetensors.k3j_x9a2.tmp", tmp_path / "metrics.jsonl.0f3a9c11.tmp", tmp_path / ".tmpAb3xYz"]
+    stale[0].write_bytes(b"")  # the 0-byte file of tempfile.mkstemp (earlier versions)
+    stale[1].write_text('{"step": 1}\n')
+    stale[2].write_bytes(serialize({"a": torch.zeros(4)}))  # the full-size one safetensors' save_file wrote through
+    keep = [tmp_path / ".tmpnotes", tmp_path / ".tmpAb3xYz.txt", tmp_path / "other.safetensors.tmp"]
+    for p in keep:
+        p.write_text("someone else's")
+    train(TINY, tmp_path, steps=3, images=images, progress=False)
+    assert not any(p.exists() for p in stale)
+    assert all(p.exists() for p in keep)
+
+
+def test_checkpoint_write_uses_one_temp_file_and_cleans_it_on_error(tmp_path, monkeypatch):
+    import ddpm_lib.checkpoint as checkpoint
+
+    path = tmp_path / "c.safetensors"
+    save_checkpoint(path, {"a": torch.zeros(2)}, {"x": 1})
+    seen = []
+
+    def failing_fsync(fd):
+        seen.append(sorted(p.name for p in tmp_path.iterdir()))
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(checkpoint.os, "fsync", failing_fsync)
+    with pytest.raises(OSError, match="No space left"):
+        save_checkpoint(path, {"a": torch.ones(2)}, {"x": 2})
+    monkeypatch.undo()
+    # mid-write there was the old checkpoint and exactly one temporary file beside it, named after it
+    assert len(seen) == 1 and len(seen[0]) == 2 and seen[0][0] == "c.safetensors"
+    assert seen[0][1].startswith("c.safetensors.") and seen[0][1].endswith(".tmp")
+    assert os.listdir(tmp_path) == ["c.safetensors"]
+    assert torch.equal(read_checkpoint(path).tensors["a"], torch.zeros(2))
+
+
+def test_killed_write_leaves_one_temp_file_that_the_next_save_removes(tmp_path):
+    import subprocess
+    import sys
+
+    path = tmp_path / "c.safetensors"
+    save_checkpoint(path, {"a": torch.zeros(2)}, {"x": 1})
+    # a process killed (no cleanup can run) after writing the data, before the rename
+    code = ("import os, torch, ddpm_lib.checkpoint as c\n"
+            "c.os.fsync = lambda fd: os._exit(9)\n"
+            f"c.save_checkpoint({str(path)!r}, {{'a': torch.ones(1000)}}, {{'x': 2}})\n")
+    run = subprocess.run([sys.executable, "-c", code], env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True)
+    assert run.returncode == 9, run.stderr.decode()
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert len(left) == 2 and left[0] == "c.safetensors" and left[1].startswith("c.safetensors."), left
+    assert (tmp_path / left[1]).stat().st_size > 4000  # the data was there; no second, hidden copy
+    assert torch.equal(read_checkpoint(path).tensors["a"], torch.zeros(2))
+    save_checkpoint(path, {"a": torch.ones(2)}, {"x": 3})
+    assert os.listdir(tmp_path) == ["c.safetensors"]
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_checkpoints_get_the_umask_mode(tmp_path, umask):
+    old = os.umask(umask)
+    try:
+        save_checkpoint(tmp_path / "c.safetensors", {"a": torch.zeros(2)}, {"x": 1})
+        save_checkpoint(tmp_path / "c.safetensors", {"a": torch.ones(2)}, {"x": 2})  # replacing keeps it
+    finally:
+        os.umask(old)
+    assert (tmp_path / "c.safetensors").stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_pick_device_names_the_accepted_devices():
+    from ddpm_lib.training import pick_device
+
+    assert pick_device("cpu") == torch.device("cpu")
+    for bad in ("tpu", "gpu", "cuda1", "cuda:x", ""):
+        with pytest.raises(ValueError, match=r"unknown device .*cpu \(available\), cuda or cuda:N \(.*\), mps \("):
+            pick_device(bad)
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match=r"'cuda:1' was asked for, but it is not available here.*cpu \(available\)"):
+            pick_device("cuda:1")
+    else:
+        with pytest.raises(RuntimeError, match=r"CUDA device\(s\)"):
+            pick_device(f"cuda:{torch.cuda.device_count()}")

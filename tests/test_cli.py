@@ -1,0 +1,103 @@
+"""The command line's argument checks and error messages (``python -m ddpm_lib ...`` through ``main``)."""
+
+import json
+
+import pytest
+import torch
+
+import ddpm_lib.training as training
+from ddpm_lib.__main__ import main
+from ddpm_lib.checkpoint import read_checkpoint
+from ddpm_lib.training import CHECKPOINT_NAME, train
+from test_training import TINY
+
+
+@pytest.fixture
+def tiny_preset(monkeypatch):
+    """A preset "tiny" (T = 50, a small U-Net) trained on 40 random images instead of MNIST."""
+    images = torch.randint(0, 256, (40, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    monkeypatch.setitem(training.PRESETS, "tiny", TINY)
+    monkeypatch.setattr(training, "load_mnist", lambda split: (images, torch.zeros(40, dtype=torch.long)))
+    return images
+
+
+@pytest.fixture
+def tiny_checkpoint(tmp_path, tiny_preset):
+    return train(TINY, tmp_path / "run", steps=1, images=tiny_preset, progress=False)
+
+
+def _train(out, *extra):
+    return main(["train", "--preset", "tiny", "--out", str(out), "--device", "cpu", "--no-progress", *extra])
+
+
+def test_train_out_that_is_a_file_is_a_clear_error(tmp_path, tiny_preset, capsys):
+    f = tmp_path / "checkpoint.safetensors"
+    f.write_bytes(b"x")
+    assert _train(f, "--steps", "1") == 2
+    err = capsys.readouterr().err
+    assert "is an existing file" in err and f"Pass its folder {tmp_path} as --out" in err
+
+
+def test_train_past_the_steps_asked_for_says_so(tmp_path, tiny_preset, capsys):
+    assert _train(tmp_path, "--steps", "4") == 0
+    capsys.readouterr()
+    assert _train(tmp_path, "--steps", "2") == 2
+    err = capsys.readouterr().err
+    assert "already at step 4, past the 2 steps asked for" in err and "--steps N with N > 4" in err
+    assert _train(tmp_path, "--steps", "6") == 0  # training further is a larger total
+    assert read_checkpoint(tmp_path / CHECKPOINT_NAME).meta["state"]["step"] == 6
+
+
+@pytest.mark.parametrize("command", ["train", "sample", "evaluate"])
+@pytest.mark.parametrize("steps", ["0", "-3", "ten"])
+def test_steps_below_one_are_refused(tmp_path, command, steps, capsys):
+    other = {"train": ["--preset", "tiny", "--out", str(tmp_path)],
+             "sample": ["--checkpoint", "mnist", "--n", "1", "--out", str(tmp_path / "s.npz")],
+             "evaluate": ["--checkpoint", "mnist", "--metrics", "fd", "--limit", "2", "--n-samples", "2", "--sampler", "ddim"]}[command]
+    with pytest.raises(SystemExit) as exc:
+        main([command, *other, "--steps", steps])
+    assert exc.value.code == 2
+    assert "argument --steps:" in capsys.readouterr().err
+    assert not (tmp_path / "s.npz").exists()
+
+
+def test_sampler_step_counts_outside_1_to_T_are_errors(tmp_path, tiny_checkpoint, capsys):
+    out = str(tmp_path / "s.npz")
+    for sampler in ("ddim", "ddpm-strided", "dpm-solver-2m"):
+        assert main(["sample", "--checkpoint", str(tiny_checkpoint), "--sampler", sampler, "--steps", "51", "--out", out]) == 2
+        assert "must be in 1..T = 1..50, got 51" in capsys.readouterr().err
+    assert main(["sample", "--checkpoint", str(tiny_checkpoint), "--sampler", "ddpm", "--steps", "10", "--out", out]) == 2
+    assert "takes all T = 50 steps" in capsys.readouterr().err
+    for flag in ("--n", "--batch-size"):
+        with pytest.raises(SystemExit):
+            main(["sample", "--checkpoint", str(tiny_checkpoint), flag, "0", "--out", out])
+    assert not (tmp_path / "s.npz").exists()
+
+
+@pytest.mark.parametrize("command", ["sample", "train"])
+def test_unknown_device_names_ours(tmp_path, tiny_checkpoint, command, capsys):
+    args = {"sample": ["sample", "--checkpoint", str(tiny_checkpoint), "--out", str(tmp_path / "s.npz")],
+            "train": ["train", "--preset", "tiny", "--out", str(tmp_path / "new"), "--steps", "1"]}[command]
+    assert main([*args, "--device", "tpu"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown device 'tpu'" in err
+    assert "cpu (available), cuda or cuda:N (" in err and "mps (" in err
+    assert "xla" not in err and "Expected one of" not in err  # not torch's list of device types
+
+
+def test_info_takes_shipped_names_like_the_other_commands(capsys):
+    assert main(["info", "mnist"]) == 0
+    meta = json.loads(capsys.readouterr().out)
+    assert meta["kind"] == "ddpm" and meta["format"] == 1
+    assert main(["info", "mnist-classifier"]) == 0
+    assert json.loads(capsys.readouterr().out)["kind"] == "classifier"
+    assert main(["info", "no-such-model"]) == 2
+    assert "no shipped model of that name (shipped: mnist" in capsys.readouterr().err
+
+
+def test_export_takes_shipped_names_and_refuses_other_kinds(tmp_path, capsys):
+    out = tmp_path / "m.safetensors"
+    assert main(["export", "--checkpoint", "mnist-cpu", "--out", str(out), "--command", "test"]) == 0
+    assert read_checkpoint(out).meta["command"] == "test"
+    assert main(["export", "--checkpoint", "mnist-classifier", "--out", str(tmp_path / "c.safetensors")]) == 2
+    assert "not a DDPM" in capsys.readouterr().err
