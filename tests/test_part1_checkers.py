@@ -9,6 +9,8 @@ from ddpm_lib.checkers import (CheckResult, alpha_bar, alpha_next, alpha_t, b, c
                                check_elbo_gap, check_forward_marginal, check_kl_gaussian, check_kl_to_standard_normal,
                                check_posterior_linear_gaussian, check_telescoping, is_equal_polynomial, m1, m2, s2, v1,
                                v2, telescoping_symbols, w, x, x_next, x_prev)
+from ddpm_lib.checkers import _verdict
+from ddpm_lib.symbolic import VacuousCheckError, kl_gaussian
 
 
 def test_result_object():
@@ -98,5 +100,38 @@ def test_is_equal_polynomial():
     y, a = sp.symbols("y a", real=True)
     assert is_equal_polynomial((y + a) ** 2, y**2 + 2 * a * y + a**2, [y])
     assert not is_equal_polynomial((y + a) ** 2, y**2 + a**2, [y])
+    # coefficients that need simplify: (1 - c^2) / (1 - c) = 1 + c and (c^3 - 1) / (c - 1) = c^2 + c + 1
+    c = sp.Symbol("c", positive=True)
+    assert is_equal_polynomial((1 - c**2) / (1 - c) * y + (c**3 - 1) / (c - 1), (1 + c) * y + c**2 + c + 1, [y])
+    assert not is_equal_polynomial((1 - c**2) / (1 - c) * y, (1 - c) * y, [y])
     with pytest.raises(ValueError, match="not a polynomial"):
         is_equal_polynomial(sp.exp(y), 1, [y])
+
+
+def test_is_equal_polynomial_refuses_sides_built_into_one_expression():
+    y = sp.Symbol("y", real=True)
+    alpha_t, abar, ab_s, sigma = sp.symbols("alpha_t alphabar_{t-1} alphabar_s sigma", positive=True)
+    quad = (y - sp.sqrt(alpha_t) * x) ** 2 / (2 * (1 - alpha_t))
+    for lhs, rhs in [(sp.sqrt(alpha_t * abar) * y, sp.sqrt(alpha_t) * sp.sqrt(abar) * y),
+                     (((1 - ab_s - sigma**2) + sigma**2) * y**2, (1 - ab_s) * y**2),
+                     (quad, quad)]:
+        with pytest.raises(VacuousCheckError, match="cannot fail.*Compare two different constructions"):
+            is_equal_polynomial(lhs, rhs, [y])
+
+
+def test_the_checkers_accept_answers_typed_like_the_reference_and_refuse_a_slip_equal_to_it():
+    # a reader's answer typed exactly as the reference (the same expression as built) is right, not refused
+    right = kl_gaussian(m1, v1, m2, v2)
+    typed = (sp.log(v2 / v1) + (v1 + (m1 - m2) ** 2) / v2 - 1) / 2
+    assert typed - right == 0
+    assert check_kl_gaussian(typed).ok and check_kl_gaussian(right).ok
+    assert check_forward_marginal(sp.sqrt(alpha_bar), 1 - alpha_bar).ok
+    assert check_kl_to_standard_normal((sp.Symbol("v_1") + sp.Symbol("mu_1") ** 2 - 1 - sp.log(sp.Symbol("v_1"))) / 2, dim=1).ok
+    # and a slip typed exactly as the checker builds it is still recognised
+    assert "1/2" in check_kl_gaussian(2 * right).message
+    assert "never negative" in check_kl_gaussian(-right).message
+    assert "standard deviation" in check_forward_marginal(sp.sqrt(alpha_bar), sp.sqrt(1 - alpha_bar)).message
+    # a checker whose known slip SymPy builds into the right answer could never name that slip: it raises
+    abar_prev = sp.Symbol("alphabar_prev", positive=True)
+    with pytest.raises(VacuousCheckError, match="known slip"):
+        _verdict(alpha_t, sp.sqrt(alpha_t) * sp.sqrt(abar_prev), [(sp.sqrt(alpha_t * abar_prev), "a slip")], "the coefficient")

@@ -19,12 +19,23 @@ Z = 5.0  # 5 standard errors: false alarm 5.7e-7 per comparison under the CLT
 
 
 def test_counting_identities_and_the_missing_bin_width():
-    # eqs. dens-joint, dens-marginal, dens-conditional, dens-factorization, written in counts
-    n, nxy, nx, dx, dy = sp.symbols("n n_xy n_x Delta_x Delta_y", positive=True)
-    p_joint, p_marg, p_cond = (nxy / n) / (dx * dy), (nx / n) / dx, (nxy / nx) / dy
-    assert is_equal(p_cond, p_joint / p_marg)
-    assert is_equal(p_marg * p_cond, p_joint)
-    assert not is_equal(nxy / nx, p_joint / p_marg)  # planted: no division by Delta_y
+    # eqs. dens-joint, dens-marginal, dens-conditional, dens-factorization, written in counts for a strip
+    # of three cells with counts n_1, n_2, n_3. The marginal is built both ways of eq. dens-marginal: from
+    # the strip's count n(x) = n_1 + n_2 + n_3, and as the sum of the joint densities times Delta_y. (With
+    # a single count n_x for the strip, both sides of each identity are monomials, which SymPy builds into
+    # one expression: a check that cannot fail.)
+    n, dx, dy = sp.symbols("n Delta_x Delta_y", positive=True)
+    cells = sp.symbols("n_1:4", positive=True)
+    n_strip = sp.Add(*cells)
+    p_joint = [(c / n) / (dx * dy) for c in cells]             # eq. dens-joint, one per cell
+    p_marg_counts = (n_strip / n) / dx                         # eq. dens-marginal, left form
+    p_marg = sp.Add(*[pj * dy for pj in p_joint])              # eq. dens-marginal, right form
+    p_cond_counts = (cells[0] / n_strip) / dy                  # eq. dens-conditional, left form
+    assert is_equal(p_marg_counts, p_marg)
+    assert is_equal(p_cond_counts, p_joint[0] / p_marg)
+    assert is_equal(p_marg * p_cond_counts, p_joint[0])
+    assert not is_equal(cells[0] / n_strip, p_joint[0] / p_marg)  # planted: no division by Delta_y
+    assert not is_equal(p_marg_counts, sp.Add(*p_joint))          # planted: the sum without the bin width Delta_y
 
 
 def test_histogram_matches_exact_cell_probabilities():
@@ -69,11 +80,20 @@ def test_mle_is_minimum_kl_and_the_gaussian_mle():
     assert not is_equal(entropy - cross, kl_gaussian(m, s, mu, v))  # planted: entropy with the wrong sign
     data = sp.symbols("x_1:4", real=True)
     L = sum(gaussian_logpdf(xi, mu, v) for xi in data) / 3
-    sol = sp.solve([sp.diff(L, mu), sp.diff(L, v)], [mu, v], dict=True)[0]
+    grad = [sp.diff(L, mu), sp.diff(L, v)]
+    sols = sp.solve(grad, [mu, v], dict=True)
+    assert len(sols) == 1  # one stationary point
     xbar = sum(data) / 3
-    assert is_equal(sol[mu], xbar)
-    assert is_equal(sol[v], sum((xi - xbar) ** 2 for xi in data) / 3)
-    assert not is_equal(sol[v], sum((xi - xbar) ** 2 for xi in data) / 2)  # the unbiased estimator is not the MLE
+    v_mle = sum((xi - xbar) ** 2 for xi in data) / 3  # (1/n) sum (x_i - xbar)^2, as in the text
+    assert is_equal(sols[0][v], v_mle)  # solve returns the expanded polynomial
+    # The mean: every construction of a linear form in the x_i builds into the same sum, so solve's
+    # sol[mu] and xbar are one expression and comparing them could not fail. Instead the text's
+    # (xbar, v_mle) must make both derivatives of L vanish: with the single stationary point, that
+    # is solve's solution.
+    assert all(is_equal(g.subs({mu: xbar, v: v_mle}), 0) for g in grad)
+    assert not is_equal(grad[0].subs({mu: data[1], v: v_mle}), 0)  # planted: the middle point is not the MLE mean
+    assert not is_equal(sols[0][v], sum((xi - xbar) ** 2 for xi in data) / 2)  # the unbiased estimator is not the MLE
+    assert not is_equal(grad[1].subs({mu: xbar, v: sum((xi - xbar) ** 2 for xi in data) / 2}), 0)
 
 
 def test_sample_log_likelihood_estimates_the_kl_curve():
@@ -100,9 +120,25 @@ def test_mode_covering_forward_vs_reverse_kl():
     bimodal = GaussianMixture(torch.tensor([0.5, 0.5]), torch.tensor([-2.0, 2.0]), torch.tensor([0.5, 0.5]))
     E1, E2, mu = sp.symbols("E1 E2 mu", real=True)
     v = sp.Symbol("v", positive=True)
-    sol = sp.solve([(E1 - mu) / v, -1 / (2 * v) + (E2 - 2 * mu * E1 + mu**2) / (2 * v**2)], [mu, v], dict=True)[0]
-    assert is_equal(sol[mu], E1) and is_equal(sol[v], E2 - E1**2)  # eq. mle-moment-matching
-    assert not is_equal(sol[v], E2)  # planted: the raw second moment is not the variance
+    # E_p[log q] for q = N(mu, v), in the moments E1 = E_p[x], E2 = E_p[x^2]; its stationary point
+    expected_log_q = -sp.log(2 * sp.pi * v) / 2 - (E2 - 2 * mu * E1 + mu**2) / (2 * v)
+    sols = sp.solve([sp.diff(expected_log_q, mu), sp.diff(expected_log_q, v)], [mu, v], dict=True)
+    assert len(sols) == 1
+    # solve returns E1 and E2 - E1^2, the same expressions as the text's formula as SymPy builds them.
+    # So compare for a two-component mixture with symbolic weight, means and variance: the solution
+    # evaluated at its raw moments, against the mixture's mean and its variance written by the law of
+    # total variance (within-component + between-component), eq. mle-moment-matching.
+    pi1, s = sp.symbols("pi_1 s", positive=True)
+    a, b = sp.symbols("a b", real=True)
+    raw = {E1: pi1 * a + (1 - pi1) * b, E2: pi1 * (a**2 + s) + (1 - pi1) * (b**2 + s)}
+    mu_star, v_star = sols[0][mu].subs(raw), sols[0][v].subs(raw)
+    assert is_equal(mu_star, b + pi1 * (a - b))
+    assert is_equal(v_star, s + pi1 * (1 - pi1) * (a - b) ** 2)
+    assert not is_equal(v_star, raw[E2])  # planted: the raw second moment is not the variance
+    assert not is_equal(v_star, s)  # planted: the within-component variance alone
+    # the chapter's mixture, 1/2 N(-2, 1/4) + 1/2 N(2, 1/4): exact rationals (values, not an identity)
+    bimodal_values = {pi1: sp.Rational(1, 2), a: -2, b: 2, s: sp.Rational(1, 4)}
+    assert (mu_star.subs(bimodal_values), v_star.subs(bimodal_values)) == (0, sp.Rational(17, 4))
     u, w = _normal_rule(4001)
 
     def reverse_kl(p):

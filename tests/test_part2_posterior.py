@@ -99,9 +99,14 @@ def test_completed_square_is_a_normalized_gaussian():
 def test_normalization_check_catches_the_planted_denominator():
     """Planted (from circulating notes): q(x_t | x_0) with mean sqrt(alpha_t) x_0. Mean and variance are
     unchanged (the denominator has no x_{t-1}), so only the normalization check can see it."""
-    p_ok, m_ok, _ = completed(sp.sqrt(A * ABP) * X0)
     p, m, c = completed(sp.sqrt(A) * X0)
-    assert is_equal(p, p_ok) and is_equal(m, m_ok)
+    # precision and mean still those of eq. 7, written here from the text: alpha_t / beta_t + 1 / (1 - alphabar_{t-1})
+    # and (sqrt(alphabar_{t-1}) beta_t x_0 + sqrt(alpha_t) (1 - alphabar_{t-1}) x_t) / (1 - alphabar_t). (Comparing
+    # with completed() of the right denominator instead would compare one expression with itself: SymPy
+    # builds both the same, because the denominator has no x_{t-1}.)
+    assert is_equal(p, A / (1 - A) + 1 / (1 - ABP))
+    assert is_equal(m, (sp.sqrt(ABP) * (1 - A) * X0 + sp.sqrt(A) * (1 - ABP) * XT) / (1 - A * ABP))
+    assert not is_equal(p, A + 1 / (1 - ABP))  # planted: alpha_t not divided by beta_t
     assert not is_equal(c, -sp.log(2 * sp.pi / p) / 2)
 
 
