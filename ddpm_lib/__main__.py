@@ -39,7 +39,7 @@ def _cmd_sample(args: argparse.Namespace) -> None:
         raise SystemExit(f"error: --out must end in .npz, got {out}.")
     dev = pick_device(args.device)
     loaded = load_model(args.checkpoint, device=dev)
-    images = generate_images(loaded, args.n, args.sampler, args.steps, args.eta, args.seed, args.batch_size, dev).numpy()
+    images = generate_images(loaded, args.n, args.sampler, args.steps, args.eta, args.seed, args.batch_size, dev, progress=True).numpy()
     out.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(out, images=images)
     png = save_grid(images[:256], out.with_suffix(".png"))
@@ -140,7 +140,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
                 fake = check_images(torch.from_numpy(f["images"]), f"{args.samples}['images']")
         else:
             n = args.n_samples or test_images.shape[0]
-            fake = generate_images(loaded, n, args.sampler, args.steps, 0.0, args.seed, args.batch_size, dev)
+            fake = generate_images(loaded, n, args.sampler, args.steps, 0.0, args.seed, args.batch_size, dev, progress=True)
         floor_images = load_mnist("train")[0][: fake.shape[0]]
         fd, floor = frechet_distances([fake, floor_images], test_images, classifier)
         result.update({"fd": fd, "fd_floor": floor, "fd_ratio": fd / floor, "fd_n_samples": int(fake.shape[0]),

@@ -18,11 +18,11 @@ from .classifier import MnistClassifier
 from .data import to_model, to_uint8
 from .forward import q_sample
 from .likelihood import decoder_nll, denoising_kl, prior_kl
-from .samplers import clip_denoiser, model_denoiser, sample, sampler_plan
+from .samplers import clip_denoiser, iterate, model_denoiser, sampler_plan
 from .schedules import Schedule
 from .vae import VAE, ELBOTerms, elbo_terms
 
-__all__ = ["generate_images", "elbo_strata", "elbo_bits_per_dim", "classifier_accuracy", "ClassifierFeatures", "frechet_distance", "frechet_distances", "check_images", "sampler_table",
+__all__ = ["generate_images", "elbo_strata", "elbo_bits_per_dim", "classifier_accuracy", "ClassifierFeatures", "classifier_features", "frechet_distance", "frechet_distances", "frechet_bootstrap", "check_images", "sampler_table",
            "evaluate_vae"]
 
 
@@ -36,11 +36,18 @@ def generate_images(
     seed: int = 0,
     batch_size: int = 256,
     device: str | torch.device = "cpu",
+    progress: bool = False,
 ) -> torch.Tensor:
     """Draw ``n`` images from a DDPM with a named sampler; uint8 ``(n, 28, 28)`` on the CPU.
 
-    The denoiser's ``x0_hat`` is clipped to ``[-1, 1]`` (Ho et al. 2020). Seeded: the same
-    arguments give the same images on the same device.
+    The denoiser's ``x0_hat`` is clipped to ``[-1, 1]`` (Ho et al. 2020). Seeded: ``x_T`` and every
+    step's noise come from one CPU generator seeded ``seed`` (drawn on the CPU and moved to
+    ``device``, see :func:`~ddpm_lib.samplers.iterate`), so the same arguments give the same
+    images on the same device, and the same noise on every device.
+
+    Args:
+        progress: show a progress bar over the network evaluations (``batches x steps``; DDPM's
+            1000 steps take minutes on a CPU). Off by default, for library use and tests.
 
     Raises:
         ValueError: if ``n < 1`` or from :func:`sampler_plan`.
@@ -51,10 +58,16 @@ def generate_images(
     model = loaded.model.to(device).eval()
     denoiser = clip_denoiser(model_denoiser(model, loaded.schedule, loaded.target))
     gen = torch.Generator().manual_seed(seed)
+    starts = range(0, n, batch_size)
+    bar = tqdm(total=len(starts) * len(timesteps), disable=not progress, desc=f"sample {sampler}", unit="step")
     out = []
-    for start in range(0, n, batch_size):
+    for start in starts:
         x_T = torch.randn((min(batch_size, n - start), 1, 28, 28), generator=gen).to(device)
-        out.append(to_uint8(sample(denoiser, loaded.schedule, step, x_T, timesteps, gen)))
+        for state in iterate(denoiser, loaded.schedule, step, x_T, timesteps, gen):
+            if state.t > 0:
+                bar.update(1)  # one network evaluation done; the loop then takes the step
+        out.append(to_uint8(state.xt))
+    bar.close()
     return torch.cat(out)
 
 
@@ -216,14 +229,47 @@ class ClassifierFeatures(nn.Module):
         return self.classifier.features(to_model(images))
 
 
+class _GivenFeatures(nn.Module):
+    """torchmetrics' feature extractor for features computed beforehand: the identity on ``(N, F)``."""
+
+    def __init__(self, num_features: int):
+        super().__init__()
+        self.num_features = num_features
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return features
+
+
+def classifier_features(images: torch.Tensor, classifier: MnistClassifier, batch_size: int = 1000) -> torch.Tensor:
+    """The classifier's penultimate features of uint8 ``images`` ``(N, 28, 28)``: a float32 tensor ``(N, F)``.
+
+    Raises:
+        ValueError: for images of the wrong dtype or shape.
+    """
+    images = check_images(images)
+    extractor = ClassifierFeatures(classifier)
+    return torch.cat([extractor(images[start : start + batch_size, None]) for start in range(0, images.shape[0], batch_size)])
+
+
+def _fd_of_features(fakes: list[torch.Tensor], real: torch.Tensor) -> list[float]:
+    """torchmetrics' Fréchet distance of each ``(N_i, F)`` feature set in ``fakes`` to the ``(M, F)`` set ``real``."""
+    metric = FrechetInceptionDistance(feature=_GivenFeatures(real.shape[1]), reset_real_features=False)
+    metric.update(real, real=True)
+    distances = []
+    for fake in fakes:
+        metric.reset()  # drops the previous fake set's statistics; the real ones are kept
+        metric.update(fake, real=False)
+        distances.append(float(metric.compute()))
+    return distances
+
+
 def frechet_distances(fakes: list[torch.Tensor], real: torch.Tensor, classifier: MnistClassifier, batch_size: int = 1000) -> list[float]:
     """Fréchet distance of each set in ``fakes`` to ``real``, in the classifier's features; uint8 images ``(N, 28, 28)``.
 
-    torchmetrics' ``FrechetInceptionDistance`` with :class:`ClassifierFeatures` as the feature
-    extractor (Heusel et al. 2017, eq. 6, on MNIST-classifier features). The real set's features
-    are computed once and kept (``reset_real_features=False``); ``reset()`` drops only the previous
-    fake set's statistics. Unitless; biased upward at small N, so compare with the same-N floor of
-    real images (see the evaluate command).
+    torchmetrics' ``FrechetInceptionDistance`` on :func:`classifier_features` (Heusel et al. 2017,
+    eq. 6, on MNIST-classifier features instead of Inception's). The real set's features are
+    computed once. Unitless; biased upward at small N, so compare with the same-N floor of real
+    images (:func:`sampler_table` does).
 
     Returns:
         One distance per set in ``fakes``, in order.
@@ -233,16 +279,8 @@ def frechet_distances(fakes: list[torch.Tensor], real: torch.Tensor, classifier:
     """
     fakes = [check_images(fake, "fake images") for fake in fakes]
     real = check_images(real, "real images")
-    metric = FrechetInceptionDistance(feature=ClassifierFeatures(classifier), reset_real_features=False)
-    for start in range(0, real.shape[0], batch_size):
-        metric.update(real[start : start + batch_size, None], real=True)
-    distances = []
-    for fake in fakes:
-        metric.reset()
-        for start in range(0, fake.shape[0], batch_size):
-            metric.update(fake[start : start + batch_size, None], real=False)
-        distances.append(float(metric.compute()))
-    return distances
+    real_features = classifier_features(real, classifier, batch_size)
+    return _fd_of_features([classifier_features(fake, classifier, batch_size) for fake in fakes], real_features)
 
 
 def frechet_distance(fake: torch.Tensor, real: torch.Tensor, classifier: MnistClassifier, batch_size: int = 1000) -> float:
@@ -254,47 +292,106 @@ def frechet_distance(fake: torch.Tensor, real: torch.Tensor, classifier: MnistCl
     return frechet_distances([fake], real, classifier, batch_size)[0]
 
 
+def frechet_bootstrap(
+    fakes: list[torch.Tensor], real: torch.Tensor, classifier: MnistClassifier, n_bootstrap: int = 200, seed: int = 0, batch_size: int = 1000
+) -> list[list[float]]:
+    """Bootstrap replicates of each fake set's Fréchet distance to ``real`` (Efron & Tibshirani 1993, ch. 6).
+
+    Replicate ``b`` resamples each fake set's N images with replacement, with the *same* indices for
+    every set of that size: sets drawn from the same seeds (the rows of :func:`sampler_table`) are
+    then compared pairwise, and the spread of ``fd_a[b] - fd_b[b]`` is the uncertainty of their
+    difference. The standard deviation of one set's replicates estimates the sampling error of
+    its distance at that N. The reference ``real`` is held fixed (it is the whole test set).
+
+    Returns:
+        For each set in ``fakes``, a list of ``n_bootstrap`` distances.
+
+    Raises:
+        ValueError: for ``n_bootstrap < 2`` or images of the wrong dtype or shape.
+    """
+    if n_bootstrap < 2:
+        raise ValueError(f"frechet_bootstrap needs n_bootstrap >= 2 replicates, got {n_bootstrap}.")
+    fakes = [check_images(fake, "fake images") for fake in fakes]
+    real_features = classifier_features(check_images(real, "real images"), classifier, batch_size)
+    fake_features = [classifier_features(fake, classifier, batch_size) for fake in fakes]
+    gen = torch.Generator().manual_seed(seed)
+    indices = {n: torch.randint(n, (n_bootstrap, n), generator=gen) for n in sorted({f.shape[0] for f in fake_features})}
+    replicates = [_fd_of_features([f[indices[f.shape[0]][b]] for b in range(n_bootstrap)], real_features) for f in fake_features]
+    return replicates
+
+
+def _sd(values: list[float]) -> float:
+    mean = sum(values) / len(values)
+    return math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
 def sampler_table(
     loaded: LoadedModel,
     classifier: MnistClassifier,
     n: int,
     budgets: list[int],
-    samplers: tuple[str, ...] = ("ddpm-strided", "ddim", "dpm-solver-2m"),
+    samplers: tuple[str, ...] = ("ddpm", "ddpm-strided", "ddim", "dpm-solver-2m"),
     seed: int = 0,
     batch_size: int = 250,
     device: str | torch.device = "cpu",
-    reference: torch.Tensor | None = None,
-    floor_images: torch.Tensor | None = None,
-) -> list[dict]:
-    """The Fréchet distance of ``n`` samples against a reference, for each sampler and number of network evaluations.
+    floor_sets: int = 5,
+    n_bootstrap: int = 200,
+) -> dict:
+    """The Fréchet distance of ``n`` samples to the MNIST test set, for each sampler and number of network evaluations.
 
-    Rows: ``{"sampler", "nfe", "fd", "fd_floor", "fd_ratio", "n", "seconds"}``; DDPM is always
-    included at ``nfe = T``. The floor is the distance of ``n`` real training images to the same
-    reference (the test set by default), so ``fd_ratio = fd / fd_floor`` compares like with like.
+    ``ddpm`` runs all ``T`` steps (one row); every other sampler runs each budget in ``budgets``.
+    Every row starts from the same seeded noise. Beside each distance:
+
+    * ``fd_se``: the standard deviation of :func:`frechet_bootstrap` replicates (paired across rows;
+      the replicates are kept in ``fd_bootstrap`` so that two rows' difference gets its own error);
+    * the N-matched floor: the distance of ``n`` real *training* digits to the same test set,
+      averaged over ``floor_sets`` disjoint sets, with their standard deviation ``floor_sd``;
+    * ``fd_ratio = fd / floor`` and its standard error, from ``fd_se`` and ``floor_sd /
+      sqrt(floor_sets)`` combined in quadrature (relative errors; first order).
+
+    Returns:
+        ``{"n", "floor", "floor_sd", "floor_sets", "floor_values", "n_bootstrap", "rows"}`` with rows
+        ``{"sampler", "nfe", "fd", "fd_se", "fd_ratio", "fd_ratio_se", "fd_bootstrap", "seconds"}``.
 
     Raises:
-        ValueError: for ``n < 2`` or a budget outside ``1..T``.
+        ValueError: for ``n < 2``, ``n * floor_sets`` above the 60,000 training digits, an unknown
+            sampler, or a budget outside ``1..T``.
     """
     import time
 
     from .data import load_mnist
+    from .samplers import SAMPLERS
 
+    T = loaded.schedule.T
     if n < 2:
         raise ValueError(f"sampler_table needs n >= 2 samples, got {n}.")
-    T = loaded.schedule.T
+    train = load_mnist("train")[0]
+    if floor_sets < 2 or n * floor_sets > train.shape[0]:
+        raise ValueError(f"the floor needs 2 <= floor_sets and n * floor_sets <= {train.shape[0]} training digits; got n = {n}, floor_sets = {floor_sets}.")
+    unknown = [s for s in samplers if s not in SAMPLERS]
+    if unknown:
+        raise ValueError(f"unknown sampler(s) {unknown}; choose from {sorted(SAMPLERS)}.")
     if any(not 1 <= b <= T for b in budgets):
         raise ValueError(f"every budget must be in 1..T = 1..{T}, got {budgets}.")
-    reference = load_mnist("test")[0] if reference is None else reference
-    floor_images = load_mnist("train")[0][:n] if floor_images is None else floor_images[:n]
-    plan = [("ddpm", T)] + [(s, b) for s in samplers for b in budgets]
+    reference = load_mnist("test")[0]
+    floor_values = frechet_distances([train[k * n : (k + 1) * n] for k in range(floor_sets)], reference, classifier)
+    floor, floor_sd = sum(floor_values) / floor_sets, _sd(floor_values)
+    plan = [(s, T) if s == "ddpm" else (s, b) for s in samplers for b in ([T] if s == "ddpm" else budgets)]
     samples, seconds = [], []
     for name, nfe in plan:
         t0 = time.perf_counter()
         samples.append(generate_images(loaded, n, name, None if name == "ddpm" else nfe, 0.0, seed, batch_size, device))
         seconds.append(time.perf_counter() - t0)
-    floor, *fds = frechet_distances([floor_images] + samples, reference, classifier)
-    return [{"sampler": name, "nfe": nfe, "fd": fd, "fd_floor": floor, "fd_ratio": fd / floor, "n": n, "seconds": round(sec, 1)}
-            for (name, nfe), fd, sec in zip(plan, fds, seconds)]
+    fds = frechet_distances(samples, reference, classifier)
+    boots = frechet_bootstrap(samples, reference, classifier, n_bootstrap, seed)
+    floor_rel_se = floor_sd / math.sqrt(floor_sets) / floor
+    rows = []
+    for (name, nfe), fd, boot, sec in zip(plan, fds, boots, seconds):
+        fd_se = _sd(boot)
+        ratio = fd / floor
+        rows.append({"sampler": name, "nfe": nfe, "fd": fd, "fd_se": fd_se, "fd_ratio": ratio,
+                     "fd_ratio_se": ratio * math.hypot(fd_se / fd, floor_rel_se), "fd_bootstrap": boot, "seconds": round(sec, 1)})
+    return {"n": n, "floor": floor, "floor_sd": floor_sd, "floor_sets": floor_sets, "floor_values": floor_values, "n_bootstrap": n_bootstrap, "rows": rows}
 
 
 @torch.no_grad()

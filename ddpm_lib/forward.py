@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from .schedules import Schedule, gather
+from .schedules import Schedule, check_timestep_shape, gather64
 
 __all__ = ["q_mean_var", "q_sample", "q_step_sample"]
 
@@ -27,11 +27,16 @@ def q_mean_var(x0: torch.Tensor, t: torch.Tensor, schedule: Schedule) -> tuple[t
         ``(mean, var)``: ``mean`` has ``x0``'s shape; ``var`` has shape ``(B, 1, ..., 1)`` and is a
         variance (not a standard deviation). Both have ``x0``'s dtype and device.
 
+    The coefficients are formed in float64 and cast to ``x0``'s dtype at the end, so in float32 the
+    variance at ``t = 1`` is :math:`\beta_1` to float32 round-off.
+
     Raises:
+        ValueError: if ``t`` is neither 0-d nor of shape ``(B,)`` (:func:`check_timestep_shape`).
         IndexError: if some ``t`` is outside ``0..T``.
     """
-    ab = gather(schedule.alpha_bar, t, x0)
-    return ab.sqrt() * x0, 1.0 - ab
+    check_timestep_shape(t, x0, "q_mean_var")
+    ab = gather64(schedule.alpha_bar, t, x0)
+    return ab.sqrt().to(x0) * x0, (1.0 - ab).to(x0)
 
 
 def q_sample(x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor, schedule: Schedule) -> torch.Tensor:
@@ -49,13 +54,14 @@ def q_sample(x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor, schedule: Sch
         ``xt``, same shape and dtype as ``x0``.
 
     Raises:
-        ValueError: if ``eps`` and ``x0`` differ in shape.
+        ValueError: if ``eps`` and ``x0`` differ in shape, or ``t`` is neither 0-d nor of shape ``(B,)``.
         IndexError: if some ``t`` is outside ``0..T``.
     """
+    check_timestep_shape(t, x0, "q_sample")
     if eps.shape != x0.shape:
         raise ValueError(f"q_sample: eps must have x0's shape {tuple(x0.shape)}, got {tuple(eps.shape)}.")
-    mean, var = q_mean_var(x0, t, schedule)
-    return mean + var.sqrt() * eps
+    ab = gather64(schedule.alpha_bar, t, x0)  # coefficients in float64, cast at the end
+    return ab.sqrt().to(x0) * x0 + (1.0 - ab).sqrt().to(x0) * eps
 
 
 def q_step_sample(x_prev: torch.Tensor, t: torch.Tensor, eps: torch.Tensor, schedule: Schedule) -> torch.Tensor:
@@ -74,11 +80,13 @@ def q_step_sample(x_prev: torch.Tensor, t: torch.Tensor, eps: torch.Tensor, sche
         :math:`x_t`, same shape and dtype as ``x_prev``.
 
     Raises:
-        ValueError: if ``eps`` and ``x_prev`` differ in shape or some ``t`` is 0.
+        ValueError: if ``eps`` and ``x_prev`` differ in shape, ``t`` is neither 0-d nor of shape ``(B,)``,
+            or some ``t`` is 0.
     """
+    check_timestep_shape(t, x_prev, "q_step_sample")
     if eps.shape != x_prev.shape:
         raise ValueError(f"q_step_sample: eps must have shape {tuple(x_prev.shape)}, got {tuple(eps.shape)}.")
     if int(torch.as_tensor(t).min()) < 1:
         raise ValueError("q_step_sample: a forward step needs t in 1..T (x_0 is the data).")
-    beta = gather(schedule.beta, t, x_prev)
-    return (1.0 - beta).sqrt() * x_prev + beta.sqrt() * eps
+    beta = gather64(schedule.beta, t, x_prev)  # coefficients in float64, cast at the end
+    return (1.0 - beta).sqrt().to(x_prev) * x_prev + beta.sqrt().to(x_prev) * eps

@@ -16,7 +16,7 @@ import torch
 
 from .parameterizations import target_from_x0_eps
 from .posterior import posterior_mean_coefs
-from .schedules import Schedule, gather
+from .schedules import Schedule, gather64
 
 __all__ = ["simple_loss", "vlb_weight", "vlb_loss"]
 
@@ -65,18 +65,20 @@ def vlb_weight(t: torch.Tensor, schedule: Schedule, target: str, like: torch.Ten
     Raises:
         ValueError: for an unknown target or ``t = 0``.
     """
-    c_x0, _ = posterior_mean_coefs(t, schedule, like)
+    # formed in float64 (on the CPU, like the schedule) and cast to like's dtype and device at the end
+    like64 = torch.empty((1,) * like.ndim, dtype=torch.float64)
+    c_x0, _ = posterior_mean_coefs(t, schedule, like64)
     sigma2 = schedule.posterior_variance.clone()
     sigma2[1] = schedule.beta[1]  # the decoder's variance at t = 1, where posterior_variance is 0
-    var = gather(sigma2, t, like)
+    var = gather64(sigma2, t, like)
     w_x0 = c_x0**2 / (2.0 * var)
-    ab = gather(schedule.alpha_bar, t, like)
+    ab = gather64(schedule.alpha_bar, t, like)
     if target == "x0":
-        return w_x0
+        return w_x0.to(like)
     if target == "eps":
-        return w_x0 * (1.0 - ab) / ab
+        return (w_x0 * (1.0 - ab) / ab).to(like)
     if target == "v":
-        return w_x0 * (1.0 - ab)
+        return (w_x0 * (1.0 - ab)).to(like)
     raise ValueError(f"unknown prediction target {target!r}; choose one of ('eps', 'x0', 'v').")
 
 

@@ -16,14 +16,16 @@ weighted by :math:`\\mathrm{SNR}(t)`, :math:`1 + \\mathrm{SNR}(t)` or :math:`\\m
 (book eq. ``target-weights``).
 
 Every function takes tensors of shape ``(B, ...)`` and integer ``t`` of shape ``(B,)`` in ``0..T``
-(``1..T`` where it divides by :math:`\\sqrt{1-\\bar\\alpha_t}`), and returns the input's shape and dtype.
+(``1..T`` where it divides by :math:`\\sqrt{1-\\bar\\alpha_t}`), and returns the input's shape and dtype. The
+coefficients :math:`\\sqrt{\\bar\\alpha_t}` and :math:`\\sqrt{1-\\bar\\alpha_t}` are formed in float64 and cast
+to the input's dtype at the end (in float32, :math:`1-\\bar\\alpha_1` would otherwise lose three digits).
 """
 
 from __future__ import annotations
 
 import torch
 
-from .schedules import Schedule, gather
+from .schedules import Schedule, gather64
 
 __all__ = [
     "TARGETS",
@@ -43,8 +45,9 @@ TARGETS = ("eps", "x0", "v")
 
 
 def _coefs(t: torch.Tensor, schedule: Schedule, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    ab = gather(schedule.alpha_bar, t, like)
-    return ab.sqrt(), (1.0 - ab).sqrt()
+    # sqrt(alpha_bar_t) and sqrt(1 - alpha_bar_t), formed in float64 and cast to like's dtype at the end
+    ab = gather64(schedule.alpha_bar, t, like)
+    return ab.sqrt().to(like), (1.0 - ab).sqrt().to(like)
 
 
 def x0_from_eps(xt: torch.Tensor, t: torch.Tensor, eps: torch.Tensor, schedule: Schedule) -> torch.Tensor:

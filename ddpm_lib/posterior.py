@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from .schedules import Schedule, gather
+from .schedules import Schedule, gather, gather64
 
 __all__ = ["posterior_mean_coefs", "posterior_mean", "posterior_variance"]
 
@@ -32,19 +32,22 @@ def _check_t(t: torch.Tensor, name: str) -> None:
 def posterior_mean_coefs(t: torch.Tensor, schedule: Schedule, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The coefficients ``(c_x0, c_xt)`` with :math:`\\tilde\\mu_t = c_{x_0} x_0 + c_{x_t} x_t`.
 
-    Book eq. ``posterior-mean``; Ho et al. (2020), eq. 7. Shapes broadcast against ``like``.
+    Book eq. ``posterior-mean``; Ho et al. (2020), eq. 7. Both have shape ``(B, 1, ..., 1)``
+    (broadcasting against ``like``) and ``like``'s dtype and device. They are formed in float64 and
+    cast at the end, so at ``t = 1`` they are ``(1, 0)`` to ``like``'s round-off: cast first, float32
+    would give ``c_x0(1) = beta_1 / (1 - float32(alpha_bar_1)) = 0.99983`` for DDPM's linear schedule.
 
     Raises:
         ValueError: if some ``t`` is 0.
         IndexError: if some ``t`` exceeds ``T``.
     """
     _check_t(t, "posterior_mean_coefs")
-    ab = gather(schedule.alpha_bar, t, like)
-    ab_prev = gather(schedule.alpha_bar, torch.as_tensor(t) - 1, like)
-    beta = gather(schedule.beta, t, like)
+    ab = gather64(schedule.alpha_bar, t, like)
+    ab_prev = gather64(schedule.alpha_bar, torch.as_tensor(t) - 1, like)
+    beta = gather64(schedule.beta, t, like)
     c_x0 = ab_prev.sqrt() * beta / (1.0 - ab)
     c_xt = (1.0 - beta).sqrt() * (1.0 - ab_prev) / (1.0 - ab)
-    return c_x0, c_xt
+    return c_x0.to(like), c_xt.to(like)
 
 
 def posterior_mean(x0: torch.Tensor, xt: torch.Tensor, t: torch.Tensor, schedule: Schedule) -> torch.Tensor:

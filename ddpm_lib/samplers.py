@@ -19,8 +19,8 @@ from functools import partial
 import torch
 
 from .parameterizations import eps_from_x0, x0_eps_from_output
-from .posterior import posterior_mean, posterior_variance
-from .schedules import Schedule, gather
+from .posterior import posterior_mean
+from .schedules import Schedule, gather64
 
 __all__ = [
     "Denoiser",
@@ -73,7 +73,8 @@ def ddpm_step(
 
     Book eq. ``ddpm-step``; Ho et al. (2020), eqs. 6-7 with :math:`\\sigma_t^2 = \\tilde\\beta_t`
     (their Algorithm 2 written through :math:`\\hat x_0`). At ``t = 1`` the variance is 0 and the
-    step returns ``x0_hat``.
+    step returns ``x0_hat`` (to the round-off of ``xt``'s dtype: the coefficients are formed in
+    float64 and cast at the end).
 
     Args:
         xt, x0_hat, noise: shape ``(B, ...)``; ``noise`` is standard normal.
@@ -86,8 +87,9 @@ def ddpm_step(
         raise ValueError("ddpm_step moves one step at a time (t_prev = t - 1); to skip steps use ddim_step.")
     # 1. the posterior mean with x0 replaced by the denoiser's estimate (eq. posterior-mean)
     mean = posterior_mean(x0_hat, xt, t, schedule)
-    # 2. add noise with the posterior *standard deviation*, the square root of tilde-beta_t
-    return mean + posterior_variance(t, schedule, xt).sqrt() * noise
+    # 2. add noise with the posterior *standard deviation*, the square root of tilde-beta_t (in float64)
+    std = gather64(schedule.posterior_variance, t, xt).sqrt()
+    return mean + std.to(xt) * noise
 
 
 def ddim_step(
@@ -106,7 +108,7 @@ def ddim_step(
        \\quad \\sigma^2 = \\eta^2 \\frac{1 - \\bar\\alpha_s}{1 - \\bar\\alpha_t}\\Big(1 - \\frac{\\bar\\alpha_t}{\\bar\\alpha_s}\\Big)
 
     Book eq. ``ddim-step``. ``eta = 0`` is deterministic; ``eta = 1`` with ``t_prev = t - 1`` is the
-    DDPM posterior step.
+    DDPM posterior step. The coefficients are formed in float64 and cast to ``xt``'s dtype at the end.
 
     Raises:
         ValueError: if ``eta < 0`` or some ``t_prev >= t``.
@@ -115,14 +117,15 @@ def ddim_step(
         raise ValueError(f"ddim_step: eta must be >= 0, got {eta}.")
     if bool((torch.as_tensor(t_prev) >= torch.as_tensor(t)).any()):
         raise ValueError("ddim_step: t_prev must be smaller than t.")
-    ab = gather(schedule.alpha_bar, t, xt)
-    ab_prev = gather(schedule.alpha_bar, t_prev, xt)
+    ab = gather64(schedule.alpha_bar, t, xt)
+    ab_prev = gather64(schedule.alpha_bar, t_prev, xt)
     # 1. the noise the denoiser implies (eq. x0-from-eps solved for eps)
     eps_hat = eps_from_x0(xt, t, x0_hat, schedule)
     # 2. the variance of the step, DDIM eq. 16
     var = eta**2 * (1.0 - ab_prev) / (1.0 - ab) * (1.0 - ab / ab_prev)
     # 3. the step, DDIM eq. 12: predicted x0, the direction to x_t, and fresh noise
-    return ab_prev.sqrt() * x0_hat + (1.0 - ab_prev - var).clamp(min=0).sqrt() * eps_hat + var.sqrt() * noise
+    c_x0, c_eps, c_noise = (c.to(xt) for c in (ab_prev.sqrt(), (1.0 - ab_prev - var).clamp(min=0).sqrt(), var.sqrt()))
+    return c_x0 * x0_hat + c_eps * eps_hat + c_noise * noise
 
 
 def dpm_solver_2m_step(
@@ -143,30 +146,47 @@ def dpm_solver_2m_step(
     .. math:: x_s = \frac{\sigma_s}{\sigma_t} x_t - \alpha_s (e^{-h} - 1) D,\quad
        D = \Big(1 + \frac{1}{2r}\Big)\hat x_0 - \frac{1}{2r}\hat x_0^{\text{prev}},\quad r = \frac{h^{\text{prev}}}{h},
 
-    and :math:`D = \hat x_0` on the first step (no ``previous``) and on the last (``t_prev = 0``,
-    where the step returns ``x0_hat``). Deterministic: ``noise`` is ignored.
+    and :math:`D = \hat x_0` on the first step (no ``previous``). Rows with ``t_prev = 0`` (where
+    :math:`\lambda = \infty`) return their ``x0_hat``, row by row, so a batch may mix them with rows
+    that step to ``t_prev >= 1``. Deterministic: ``noise`` is ignored. The coefficients are formed in
+    float64 and cast to ``xt``'s dtype at the end.
+
+    Args:
+        xt, x0_hat: shape ``(B, ...)``; ``previous.x0_hat`` (if given) too.
+        t, t_prev: integer tensors ``(B,)``, ``0 <= t_prev < t <= T``.
+
+    Returns:
+        :math:`x_{t_\text{prev}}`, shape and dtype of ``xt``.
 
     Raises:
         ValueError: if some ``t_prev >= t``.
     """
-    if bool((torch.as_tensor(t_prev) >= torch.as_tensor(t)).any()):
+    t, t_prev = torch.as_tensor(t), torch.as_tensor(t_prev)
+    if bool((t_prev >= t).any()):
         raise ValueError("dpm_solver_2m_step: t_prev must be smaller than t.")
-    if int(torch.as_tensor(t_prev).max()) == 0:
+    last = t_prev == 0  # rows that step to the data
+    if bool(last.all()):
         return x0_hat
-    half_log_snr = schedule.log_snr / 2
-    lam, lam_prev = gather(half_log_snr, t, xt), gather(half_log_snr, t_prev, xt)
-    ab_prev = gather(schedule.alpha_bar, t_prev, xt)
-    sigma_ratio = ((1.0 - ab_prev) / (1.0 - gather(schedule.alpha_bar, t, xt))).sqrt()
-    # 1. the step size in lambda
+    half_log_snr = schedule.log_snr / 2  # float64, lambda_0 = inf
+    lam, lam_prev = gather64(half_log_snr, t, xt), gather64(half_log_snr, t_prev, xt)
+    ab, ab_prev = gather64(schedule.alpha_bar, t, xt), gather64(schedule.alpha_bar, t_prev, xt)
+    last = last.detach().cpu()
+    if last.ndim:  # shaped (B, 1, ..., 1) like the gathered coefficients
+        last = last.reshape(last.shape + (1,) * (xt.ndim - last.ndim))
+    # 1. the step size in lambda (inf on the rows with t_prev = 0)
     h = lam_prev - lam
-    # 2. the second-order estimate of x0 from this and the previous prediction
-    d = x0_hat
-    if previous is not None:
-        t_last = torch.full_like(torch.as_tensor(t), previous.t)
-        r = (lam - gather(half_log_snr, t_last, xt)) / h
-        d = (1 + 1 / (2 * r)) * x0_hat - 1 / (2 * r) * previous.x0_hat
-    # 3. the exponential-integrator update
-    return sigma_ratio * xt - ab_prev.sqrt() * torch.expm1(-h) * d
+    # 2. the exponential-integrator coefficients: x_s = c_xt x_t + c_d D
+    c_xt = ((1.0 - ab_prev) / (1.0 - ab)).sqrt()
+    c_d = -ab_prev.sqrt() * torch.expm1(-h)
+    # 3. D, the second-order estimate of x0 from this and the previous prediction:
+    #    D = (1 + w) x0_hat - w x0_hat_prev with w = 1 / (2r) = h / (2 h_prev)
+    if previous is None:
+        out = c_xt.to(xt) * xt + c_d.to(xt) * x0_hat
+    else:
+        h_last = lam - gather64(half_log_snr, torch.full_like(t, previous.t), xt)
+        w = torch.where(last, torch.zeros_like(h), h / (2 * h_last))
+        out = c_xt.to(xt) * xt + (c_d * (1 + w)).to(xt) * x0_hat - (c_d * w).to(xt) * previous.x0_hat
+    return torch.where(last.to(xt.device), x0_hat, out)
 
 
 def ddim_timesteps(T: int, steps: int) -> list[int]:
@@ -209,7 +229,11 @@ def iterate(
             :func:`dpm_solver_2m_step`.
         x_T: the starting noise, shape ``(B, ...)``.
         timesteps: decreasing integers in ``1..T``; the loop then steps to ``t = 0``.
-        generator: the source of the per-step noise, for reproducible samples.
+        generator: the source of the per-step noise, for reproducible samples. It may live on
+            another device than ``x_T`` (the usual case: a CPU generator, ``x_T`` on a GPU): the
+            noise is drawn on the generator's device and then moved to ``x_T``'s, so the samples
+            do not depend on where the network runs. Without one, torch's default generator of
+            ``x_T``'s device is used.
 
     Yields:
         ``SamplerState(t, xt, x0_hat)`` before each step, then ``SamplerState(0, x0, x0)`` last.
@@ -229,10 +253,20 @@ def iterate(
         t_prev = torch.full((B,), t_next, dtype=torch.long, device=x.device)
         state = SamplerState(t_now, x, denoiser(x, t))
         yield state
-        noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        noise = _standard_normal(x, generator)
         x = step(x, t, t_prev, state.x0_hat, noise, schedule, previous=previous)
         previous = state
     yield SamplerState(0, x, x)
+
+
+def _standard_normal(like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """Standard normal noise of ``like``'s shape, dtype and device, drawn on ``generator``'s device.
+
+    torch refuses a generator of another device than the one it draws on ("Expected a 'cuda'
+    device type for generator"), so draw where the generator is, then move.
+    """
+    device = like.device if generator is None else generator.device
+    return torch.randn(like.shape, generator=generator, device=device, dtype=like.dtype).to(like.device)
 
 
 @torch.no_grad()
@@ -275,9 +309,9 @@ def sampler_plan(sampler: str, T: int, steps: int | None = None, eta: float = 0.
             raise ValueError(f"the ddpm sampler takes all T = {T} steps; use ddpm-strided, ddim or dpm-solver-2m for fewer.")
         return ddpm_step, list(range(T, 0, -1))
     if sampler == "ddim":
-        return partial(ddim_step, eta=eta), ddim_timesteps(T, steps or 50)
+        return partial(ddim_step, eta=eta), ddim_timesteps(T, 50 if steps is None else steps)
     if sampler == "ddpm-strided":
-        return partial(ddim_step, eta=1.0), ddim_timesteps(T, steps or 50)
+        return partial(ddim_step, eta=1.0), ddim_timesteps(T, 50 if steps is None else steps)
     if sampler == "dpm-solver-2m":
-        return dpm_solver_2m_step, ddim_timesteps(T, steps or 50)
+        return dpm_solver_2m_step, ddim_timesteps(T, 50 if steps is None else steps)
     raise ValueError(f"unknown sampler {sampler!r}; choose one of {SAMPLERS}.")

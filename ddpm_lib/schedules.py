@@ -6,8 +6,10 @@ per-step tensor of a :class:`Schedule` has length ``T + 1`` and is indexed by ``
 ``schedule.alpha_bar[t]`` *is* :math:`\\bar\\alpha_t`. Entry 0 is the clean-data limit:
 ``beta[0] = 0`` and ``alpha_bar[0] = 1``.
 
-Everything is float64 so that the book's float64 checks are exact to round-off; functions that
-combine a schedule with data cast the gathered coefficients to the data's dtype.
+Everything is float64 so that the book's float64 checks are exact to round-off. Functions that
+combine a schedule with data form each coefficient in float64 from these fields (:func:`gather64`)
+and cast it to the data's dtype only at the end: cast first, and in float32 ``1 - alpha_bar_1``
+(about ``1e-4``) keeps only three or four significant digits.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ __all__ = [
     "cosine_schedule",
     "sigmoid_schedule",
     "gather",
+    "gather64",
 ]
 
 
@@ -156,8 +159,73 @@ class Schedule:
         return f"Schedule(name={self.name!r}, T={self.T}, alpha_bar_T={ab[-1].item():.3e})"
 
 
+def check_timestep_shape(t: torch.Tensor | int, x: torch.Tensor, name: str) -> None:
+    """Check that the timesteps ``t`` are one per example of the batch ``x`` (or one for all).
+
+    ``t`` must be a Python int, a 0-d tensor, or of shape ``(B,)`` with ``B = x.shape[0]``; anything
+    else would broadcast ``x`` into a larger tensor instead of noising it. ``name`` is the caller,
+    for the message. (:func:`gather64` applies the looser broadcasting form of this rule to every
+    coefficient it picks: ``t`` 0-d or 1-d, of the batch's length or of length 1.)
+
+    Raises:
+        ValueError: for any other shape of ``t``, saying which shapes are accepted.
+    """
+    shape = tuple(torch.as_tensor(t).shape)
+    if shape == () or (x.ndim >= 1 and shape == (x.shape[0],)):
+        return
+    batch = f"({x.shape[0]},)" if x.ndim >= 1 else "(B,)"
+    raise ValueError(f"{name}: t must be 0-d (one timestep for all) or of shape {batch}, one per example of the batch "
+                     f"of shape {tuple(x.shape)}; got t of shape {shape}.")
+
+
+def gather64(values: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Pick ``values[t]`` in float64, shaped to broadcast against ``like``, for forming coefficients.
+
+    Use this, not :func:`gather`, for every coefficient that is computed from schedule fields
+    (``1 - alpha_bar_t``, ``sqrt(alpha_bar_t)``, ratios): form it in float64, then cast it with
+    ``coef.to(like)`` just before it multiplies the data (book: notation page; the float32 cast
+    first loses ``1 - alpha_bar_1`` to about ``1.7e-4`` relative, which the last DDPM step then
+    multiplies into ``x0_hat``).
+
+    Args:
+        values: 1-D tensor of shape ``(T + 1,)`` (a schedule field), any floating dtype.
+        t: integer tensor of shape ``(B,)`` (or a 0-d tensor / Python int) with entries in ``0..T``.
+        like: a tensor of shape ``(B, ...)``; only its number of dimensions is used.
+
+    Returns:
+        A float64 tensor on ``values``' device (the CPU for a :class:`Schedule`'s fields: float64
+        is not available on every accelerator) of shape ``(B, 1, ..., 1)``, or ``()`` for a scalar ``t``.
+
+    Raises:
+        TypeError: if ``t`` is not an integer tensor.
+        ValueError: if ``t`` has more than one dimension, or a length that neither equals nor
+            broadcasts against ``like``'s batch (it would otherwise add dimensions to the result).
+        IndexError: if some ``t`` lies outside ``0..T``.
+    """
+    t = torch.as_tensor(t)
+    if t.dtype.is_floating_point or t.dtype == torch.bool:
+        raise TypeError(f"timesteps t must be integers in 0..T, got dtype {t.dtype}.")
+    if t.ndim > 1 or (t.ndim == 1 and like.ndim >= 1 and 1 not in (t.shape[0], like.shape[0]) and t.shape[0] != like.shape[0]):
+        raise ValueError(f"gather: t must be 0-d or 1-d with one timestep per example of a batch of {like.shape[0] if like.ndim else 1} "
+                         f"(or broadcast against it); got t of shape {tuple(t.shape)} for data of shape {tuple(like.shape)}.")
+    t_cpu = t.detach().to("cpu", torch.long)
+    T = values.numel() - 1
+    if t_cpu.numel() and (int(t_cpu.min()) < 0 or int(t_cpu.max()) > T):
+        raise IndexError(
+            f"timestep out of range: got t in [{int(t_cpu.min())}, {int(t_cpu.max())}], the schedule "
+            f"allows 0..{T} (t = 0 is the data; see the notation page)."
+        )
+    out = values[t_cpu].to(torch.float64)
+    if t_cpu.ndim == 0:
+        return out
+    return out.reshape(t_cpu.shape + (1,) * (like.ndim - t_cpu.ndim))
+
+
 def gather(values: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """Pick ``values[t]`` and shape it to broadcast against ``like``.
+    """Pick ``values[t]`` and shape it to broadcast against ``like``, in ``like``'s dtype and device.
+
+    For a field used as it is (a variance, say). A coefficient *computed* from schedule fields
+    should be formed from :func:`gather64` and cast at the end.
 
     Args:
         values: 1-D tensor of shape ``(T + 1,)`` (a schedule field).
@@ -169,20 +237,7 @@ def gather(values: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.T
         TypeError: if ``t`` is not an integer tensor.
         IndexError: if some ``t`` lies outside ``0..T``.
     """
-    t = torch.as_tensor(t)
-    if t.dtype.is_floating_point or t.dtype == torch.bool:
-        raise TypeError(f"timesteps t must be integers in 0..T, got dtype {t.dtype}.")
-    t_cpu = t.detach().to("cpu", torch.long)
-    T = values.numel() - 1
-    if t_cpu.numel() and (int(t_cpu.min()) < 0 or int(t_cpu.max()) > T):
-        raise IndexError(
-            f"timestep out of range: got t in [{int(t_cpu.min())}, {int(t_cpu.max())}], the schedule "
-            f"allows 0..{T} (t = 0 is the data; see the notation page)."
-        )
-    out = values[t_cpu].to(device=like.device, dtype=like.dtype)
-    if t_cpu.ndim == 0:
-        return out
-    return out.reshape(t_cpu.shape + (1,) * (like.ndim - t_cpu.ndim))
+    return gather64(values, t, like).to(device=like.device, dtype=like.dtype)
 
 
 def linear_schedule(T: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> Schedule:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The tests: set up, then the unit tests, strict nbval on the committed notebooks, and the book
-# build with warnings as errors. Exits non-zero on the first failure.
+# The tests: set up, then the unit tests, strict nbval on the committed notebooks, the book build
+# with warnings as errors, and the wheel test. Exits non-zero on the first failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -10,3 +10,6 @@ python -m pytest tests -q -p no:cacheprovider
 python -m pytest --nbval notebooks/ --nbval-sanitize-with nbval_sanitize.cfg -q -p no:cacheprovider
 rm -rf _build
 jupyter-book build . -W -n --keep-going
+# the package as Colab gets it: build the wheel, install it with its declared dependencies in a fresh
+# venv, run the CLI and every notebook outside the repository (about 9 minutes on 2 shared CPU cores)
+python -m pytest -m wheel tests/test_wheel.py -q -p no:cacheprovider

@@ -37,3 +37,19 @@ def test_a_batch_of_one_needs_t_of_shape_1_or_0d():
     assert q_sample(x, torch.tensor([7]), x, SCHEDULE).shape == (1, 3)
     with pytest.raises(ValueError, match=r"of shape \(1,\)"):
         q_sample(x, torch.tensor([7, 8]), x, SCHEDULE)
+
+
+@pytest.mark.parametrize("shape", [(8, 2), (4,), (8, 1)])
+def test_every_coefficient_refuses_t_that_would_add_dimensions(shape):
+    # schedules.gather64 refuses t of 2 or more dimensions, or of a length that does not broadcast
+    # against the batch, so the posterior and the parameterizations refuse too
+    from ddpm_lib.parameterizations import eps_from_x0
+    from ddpm_lib.posterior import posterior_mean, posterior_variance
+
+    t = torch.ones(shape, dtype=torch.long)
+    with pytest.raises(ValueError, match=r"gather: t must be 0-d or 1-d"):
+        posterior_mean(X, X, t, SCHEDULE)
+    with pytest.raises(ValueError, match=r"gather: t must be 0-d or 1-d"):
+        posterior_variance(t, SCHEDULE, like=X)
+    with pytest.raises(ValueError, match=r"gather: t must be 0-d or 1-d"):
+        eps_from_x0(X, t, X, SCHEDULE)

@@ -13,7 +13,8 @@ from ddpm_lib.__main__ import main
 from ddpm_lib.checkpoint import LoadedModel, export_weights, load_classifier, load_model, pretrained_names, read_checkpoint, resolve_checkpoint
 from ddpm_lib.classifier import MnistClassifier
 from ddpm_lib.data import to_model
-from ddpm_lib.evaluation import check_images, elbo_bits_per_dim, elbo_strata, frechet_distance, frechet_distances, generate_images
+from ddpm_lib.evaluation import (check_images, elbo_bits_per_dim, elbo_strata, frechet_bootstrap, frechet_distance, frechet_distances,
+                                 generate_images, sampler_table)
 from ddpm_lib.samplers import sample, sampler_plan
 from ddpm_lib.likelihood import decoder_nll, denoising_kl, prior_kl
 from ddpm_lib.losses import vlb_weight
@@ -169,6 +170,56 @@ def test_frechet_distance_is_zero_for_identical_sets_and_grows_with_difference()
     forward, backward = frechet_distances([a // 4, b], a, clf), frechet_distances([b, a // 4], a, clf)
     assert forward == pytest.approx(backward[::-1], rel=1e-9)  # float64 sums in another order: round-off
     assert forward[0] == pytest.approx(frechet_distance(a // 4, a, clf), rel=1e-9)
+
+
+def _blobs(n, generator, brightness=255):
+    """n uint8 images of one random family: a bright square at a random place on a dark, noisy background."""
+    images = torch.randint(0, 40, (n, 28, 28), dtype=torch.uint8, generator=generator)
+    corners = torch.randint(0, 20, (n, 2), generator=generator)
+    for image, (r, c) in zip(images, corners.tolist()):
+        image[r : r + 8, c : c + 8] = brightness
+    return images
+
+
+def test_frechet_bootstrap_is_paired_and_its_spread_matches_fresh_sets():
+    torch.manual_seed(0)
+    clf = MnistClassifier().eval()
+    g = torch.Generator().manual_seed(1)
+    real = _blobs(600, g)
+    fresh = [_blobs(150, g, brightness=200) for _ in range(12)]
+    # the same indices resample every set of one size: identical sets give identical replicates
+    a, b = frechet_bootstrap([fresh[0], fresh[0].clone()], real, clf, n_bootstrap=40, seed=3)
+    assert a == b
+    # the replicates' spread estimates the spread of the distance over fresh sets of the same size
+    # (12 fresh sets: their sd has about 20% relative error, so a factor of 2 either way is generous
+    # and still fails for a bootstrap that does not resample, whose spread is 0)
+    boot_sd = float(np.std(frechet_bootstrap([fresh[1]], real, clf, n_bootstrap=100, seed=0)[0], ddof=1))
+    fresh_sd = float(np.std(frechet_distances(fresh, real, clf), ddof=1))
+    assert 0.5 < boot_sd / fresh_sd < 2.0, (boot_sd, fresh_sd)
+    with pytest.raises(ValueError, match="n_bootstrap >= 2"):
+        frechet_bootstrap([fresh[0]], real, clf, n_bootstrap=1)
+
+
+def test_sampler_table_rows_floor_and_errors(monkeypatch, tmp_path):
+    import ddpm_lib.data
+
+    g = torch.Generator().manual_seed(2)
+    fake_mnist = {"train": (_blobs(40, g), None), "test": (_blobs(60, g), None)}
+    monkeypatch.setattr(ddpm_lib.data, "load_mnist", lambda split: fake_mnist[split])
+    loaded = load_model(train(TINY, tmp_path / "run", steps=1, images=_blobs(16, g), progress=False))
+    clf = MnistClassifier().eval()
+    table = sampler_table(loaded, clf, n=8, budgets=[2, 3], samplers=("ddpm", "ddim"), floor_sets=3, n_bootstrap=4)
+    assert [(r["sampler"], r["nfe"]) for r in table["rows"]] == [("ddpm", SCH.T), ("ddim", 2), ("ddim", 3)]
+    floors = frechet_distances([fake_mnist["train"][0][k * 8 : (k + 1) * 8] for k in range(3)], fake_mnist["test"][0], clf)
+    assert table["floor_values"] == pytest.approx(floors, rel=1e-9)
+    assert table["floor"] == pytest.approx(sum(floors) / 3, rel=1e-12)
+    for r in table["rows"]:
+        assert r["fd_ratio"] == pytest.approx(r["fd"] / table["floor"], rel=1e-12)
+        assert len(r["fd_bootstrap"]) == 4 and r["fd_se"] > 0 and r["fd_ratio_se"] > 0
+    with pytest.raises(ValueError, match="unknown sampler"):
+        sampler_table(loaded, clf, n=8, budgets=[2], samplers=("euler",))
+    with pytest.raises(ValueError, match="training digits"):
+        sampler_table(loaded, clf, n=8, budgets=[2], floor_sets=6)
 
 
 TINY = TrainConfig(model=UNetConfig(channels=(8, 16), num_res_blocks=1, attention_heads=2), schedule=SCH,

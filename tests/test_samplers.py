@@ -77,6 +77,22 @@ def test_ddpm_step_at_t1_returns_x0_hat():
     assert torch.allclose(out, x0_hat, rtol=1.1e-16 / schedule.beta[1].item() + 4 * EPS64, atol=0.0)
 
 
+@pytest.mark.parametrize("schedule", [linear_schedule(1000), cosine_schedule(1000)], ids=["linear", "cosine"])
+def test_float32_last_ddpm_step_returns_x0_hat(schedule):
+    """In float32 too: c_x0(1) = 1 and c_xt(1) = tilde_beta_1 = 0 are formed in float64 and cast at the end.
+
+    Cast first, float32 gave c_x0(1) = beta_1 / (1 - float32(alpha_bar_1)) = 0.99983 for the linear schedule:
+    every sample's last step shrank x0_hat by 1.7e-4.
+    """
+    gen = torch.Generator().manual_seed(13)
+    xt, x0_hat, noise = (torch.randn(8, 1, 4, 4, generator=gen) for _ in range(3))
+    t = torch.ones(8, dtype=torch.long)
+    out = ddpm_step(xt, t, t - 1, x0_hat, noise, schedule)
+    assert out.dtype == torch.float32
+    tol = 2 * torch.finfo(torch.float32).eps * x0_hat.abs()
+    assert bool(((out - x0_hat).abs() <= tol).all()), f"max |out / x0_hat - 1| = {((out - x0_hat) / x0_hat).abs().max().item():.3g}"
+
+
 def test_ddpm_step_rejects_skipping():
     schedule = linear_schedule(100)
     x = torch.zeros(2, 3)
@@ -188,6 +204,66 @@ def test_sample_is_reproducible_and_is_the_last_state():
     last = list(iterate(denoiser, schedule, ddpm_step, x_T, ts, generator=torch.Generator().manual_seed(7)))[-1]
     assert torch.equal(a, last.xt)
     assert a.shape == x_T.shape and a.dtype == x_T.dtype
+
+
+class GeneratorOnAnotherDevice:
+    """Stands in, on a CPU-only machine, for a generator on another device than the samples.
+
+    It reports ``device = cuda`` and draws from a seeded CPU generator; :func:`strict_randn` below
+    enforces torch's rule that a generator draws only on its own device (torch raises "Expected a
+    'cuda' device type for generator but found 'cpu'"). The real case, a CPU generator with samples
+    on a GPU, is the mirror image; tests/test_gpu_paths.py runs it where there is a GPU.
+    """
+
+    def __init__(self, seed: int):
+        self.cpu = torch.Generator().manual_seed(seed)
+        self.device = torch.device("cuda")
+
+
+def strict_randn(real_randn, calls: list):
+    def randn(*size, generator=None, device=None, **kwargs):
+        if isinstance(generator, GeneratorOnAnotherDevice):
+            asked = torch.device(device if device is not None else "cpu")
+            calls.append(asked)
+            if asked != generator.device:
+                raise RuntimeError(f"Expected a '{generator.device.type}' device type for generator but found '{asked.type}'")
+            return real_randn(*size, generator=generator.cpu, **kwargs)  # the CPU plays the generator's device
+        return real_randn(*size, generator=generator, device=device, **kwargs)
+
+    return randn
+
+
+@pytest.mark.parametrize("step", [ddpm_step, functools.partial(ddim_step, eta=1.0)], ids=["ddpm", "ddim-eta1"])
+def test_iterate_draws_noise_on_the_generators_device(monkeypatch, step):
+    """The loop draws each step's noise on the generator's device, then moves it to the samples' device."""
+    schedule = linear_schedule(20, 1e-3, 0.3)
+    x_T = torch.randn(3, 1, 2, 2, generator=torch.Generator().manual_seed(14))
+    ts = list(range(20, 0, -1))
+    reference = sample(lambda xt, t: torch.tanh(xt), schedule, step, x_T, ts, generator=torch.Generator().manual_seed(7))
+    calls: list = []
+    monkeypatch.setattr(torch, "randn", strict_randn(torch.randn, calls))
+    out = sample(lambda xt, t: torch.tanh(xt), schedule, step, x_T, ts, generator=GeneratorOnAnotherDevice(7))
+    assert calls == [torch.device("cuda")] * 20  # one draw per step, each on the generator's device
+    assert out.device == x_T.device and out.dtype == x_T.dtype
+    assert torch.equal(out, reference)  # the same numbers as a generator on the samples' own device
+
+
+def test_generate_images_progress_bar(capsys):
+    """generate_images shows a bar over batches x steps only when asked; the images do not change."""
+    from ddpm_lib.checkpoint import LoadedModel
+    from ddpm_lib.evaluation import generate_images
+
+    class ZeroNet(torch.nn.Module):
+        def forward(self, xt, t):
+            return torch.zeros_like(xt)
+
+    loaded = LoadedModel(ZeroNet(), linear_schedule(10), "eps", {})
+    quiet = generate_images(loaded, 3, "ddim", steps=4, batch_size=2)
+    assert capsys.readouterr().err == ""
+    shown = generate_images(loaded, 3, "ddim", steps=4, batch_size=2, progress=True)
+    err = capsys.readouterr().err
+    assert "sample ddim" in err and "8/8" in err, err  # 2 batches x 4 steps
+    assert torch.equal(quiet, shown) and shown.shape == (3, 28, 28) and shown.dtype == torch.uint8
 
 
 def test_ddpm_cannot_run_strided_timesteps():
@@ -359,3 +435,13 @@ def test_ddpm_samples_match_the_exact_sampler_law():
 def test_gaussian_check_rejects_variance_as_std():
     ok, msg = check_gaussian_sampling(wrong_ddpm_step_variance_as_std, SCHED_T100, seed=11)
     assert not ok, f"the planted mistake passed: {msg}"
+
+
+def test_sampler_plan_refuses_zero_steps_instead_of_defaulting():
+    # `steps or 50` once turned steps = 0 into 50 steps, silently
+    from ddpm_lib.samplers import sampler_plan
+
+    for name in ("ddim", "ddpm-strided", "dpm-solver-2m"):
+        with pytest.raises(ValueError, match="must be in 1..T"):
+            sampler_plan(name, 100, steps=0)
+        assert len(sampler_plan(name, 100)[1]) == 50  # None still means the default of 50

@@ -64,3 +64,30 @@ def test_dpm_solver_first_step_equals_ddim_and_last_returns_x0_hat():
     assert torch.equal(dpm_solver_2m_step(xt, t, torch.zeros(4, dtype=torch.long), x0_hat, noise, sch), x0_hat)
     with pytest.raises(ValueError, match="smaller"):
         dpm_solver_2m_step(xt, t_prev, t, x0_hat, noise, sch)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_dpm_solver_rows_stepping_to_zero_are_handled_per_row(dtype):
+    """A batch may mix rows with t_prev = 0 (which return x0_hat) and rows with t_prev >= 1.
+
+    Each row of the mixed batch must equal the same row stepped alone, and nothing may be NaN: with
+    a previous prediction, the guard on the batch's largest t_prev let lambda_0 = inf into the
+    second-order weights of the rows stepping to 0 (inf - inf).
+    """
+    from ddpm_lib.samplers import SamplerState
+
+    sch = linear_schedule(100)
+    gen = torch.Generator().manual_seed(2)
+    xt, x0_hat, x0_prev = (torch.randn(4, 1, 3, generator=gen, dtype=dtype) for _ in range(3))
+    noise = torch.zeros_like(xt)
+    t = torch.tensor([40, 40, 40, 40])
+    t_prev = torch.tensor([0, 20, 0, 39])
+    for previous in (None, SamplerState(60, xt, x0_prev)):
+        mixed = dpm_solver_2m_step(xt, t, t_prev, x0_hat, noise, sch, previous=previous)
+        assert mixed.dtype == dtype and not bool(mixed.isnan().any()), mixed
+        for i in range(4):
+            prev_i = None if previous is None else SamplerState(60, xt[i : i + 1], x0_prev[i : i + 1])
+            alone = dpm_solver_2m_step(xt[i : i + 1], t[i : i + 1], t_prev[i : i + 1], x0_hat[i : i + 1], noise[i : i + 1], sch,
+                                       previous=prev_i)
+            assert torch.equal(mixed[i : i + 1], alone), (i, previous is None)
+        assert torch.equal(mixed[0], x0_hat[0]) and torch.equal(mixed[2], x0_hat[2])

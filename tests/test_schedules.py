@@ -390,3 +390,96 @@ def test_numpy_integer_T_is_accepted():
     import numpy as np
 
     assert linear_schedule(np.int64(10)).T == 10
+
+
+# --- coefficients are formed in float64 and cast at the end -----------------------------------------
+#
+# In float32, alpha_bar_1 = 1 - 1e-4 keeps only its first ~4 significant digits of 1 - alpha_bar_1
+# once it is cast (one float32 ulp near 1 is 6e-8), so a coefficient formed *after* the cast, such as
+# 1 - gather(alpha_bar) or beta_t / (1 - alpha_bar_t), is off by ~1e-4 relative at small t (the last
+# DDPM step then returned 0.99983 x0_hat). Each probe below feeds exact inputs (0 and 1) to a library
+# function in float32 so that its output *is* one coefficient, and compares it with the coefficient
+# recomputed here from Python floats: formed in float64 and cast once, it is within a few float32
+# ulps (1e-6 relative is 16 ulps).
+
+F32_RTOL = 1e-6
+
+
+def _probe_values(name: str, schedule: Schedule, t: int) -> tuple[torch.Tensor, float]:
+    """(the library's float32 output, the reference coefficient from Python floats) for probe ``name`` at ``t``."""
+    from ddpm_lib.forward import q_mean_var, q_sample
+    from ddpm_lib.losses import vlb_weight
+    from ddpm_lib.parameterizations import score_from_eps
+    from ddpm_lib.posterior import posterior_mean
+    from ddpm_lib.samplers import ddim_step, ddpm_step, dpm_solver_2m_step
+
+    beta = schedule.beta.tolist()
+    ab = loop_alpha_bar(beta)
+    zero, one = torch.zeros(2, 1, dtype=torch.float32), torch.ones(2, 1, dtype=torch.float32)
+    tt, ts = torch.full((2,), t), torch.full((2,), t - 1)
+    tilde_beta = (1 - ab[t - 1]) / (1 - ab[t]) * beta[t]
+    if name == "q variance 1 - ab_t":
+        return q_mean_var(zero, tt, schedule)[1], 1 - ab[t]
+    if name == "q_sample sqrt(1 - ab_t)":
+        return q_sample(zero, tt, one, schedule), math.sqrt(1 - ab[t])
+    if name == "posterior c_x0":
+        return posterior_mean(one, zero, tt, schedule), math.sqrt(ab[t - 1]) * beta[t] / (1 - ab[t])
+    if name == "posterior c_xt":
+        return posterior_mean(zero, one, tt, schedule), math.sqrt(1 - beta[t]) * (1 - ab[t - 1]) / (1 - ab[t])
+    if name == "ddpm_step std":
+        return ddpm_step(zero, tt, ts, zero, one, schedule), math.sqrt(tilde_beta)
+    if name == "ddim_step (eta = 1) std":
+        var = (1 - ab[t - 1]) / (1 - ab[t]) * (1 - ab[t] / ab[t - 1])  # DDIM eq. 16
+        return ddim_step(zero, tt, ts, zero, one, schedule, eta=1.0), math.sqrt(var)
+    if name == "dpm_solver_2m sigma_s / sigma_t":
+        return dpm_solver_2m_step(one, tt, ts, zero, zero, schedule), math.sqrt((1 - ab[t - 1]) / (1 - ab[t]))
+    if name == "score 1 / sqrt(1 - ab_t)":
+        return score_from_eps(one, tt, schedule), -1 / math.sqrt(1 - ab[t])
+    if name == "vlb_weight eps":
+        var = beta[1] if t == 1 else tilde_beta  # the decoder's variance at t = 1
+        c_x0 = math.sqrt(ab[t - 1]) * beta[t] / (1 - ab[t])
+        return vlb_weight(tt, schedule, "eps", zero), c_x0**2 / (2 * var) * (1 - ab[t]) / ab[t]
+    raise KeyError(name)
+
+
+PROBES = ["q variance 1 - ab_t", "q_sample sqrt(1 - ab_t)", "posterior c_x0", "posterior c_xt", "ddpm_step std",
+          "ddim_step (eta = 1) std", "dpm_solver_2m sigma_s / sigma_t", "score 1 / sqrt(1 - ab_t)", "vlb_weight eps"]
+
+
+@pytest.mark.parametrize("probe", PROBES)
+@pytest.mark.parametrize("name", ["linear", "cosine"])
+def test_float32_coefficients_are_formed_in_float64(probe, name):
+    schedule = BUILDERS[name](1000)
+    for t in (1, 2, 3, 10, 500, 1000):
+        out, ref = _probe_values(probe, schedule, t)
+        assert out.dtype == torch.float32
+        err = (out.double() - ref).abs().max().item()
+        assert err <= F32_RTOL * abs(ref), f"{probe} at t = {t}: float32 {out.flatten()[0].item()!r}, float64 {ref!r}, rel {err / abs(ref):.2e}"
+
+
+def test_float32_q_variance_at_t1_is_beta1():
+    """q(x_1 | x_0) has variance 1 - alpha_bar_1 = beta_1 exactly; in float32 to 1e-6 relative (was 1.7e-4 off)."""
+    from ddpm_lib.forward import q_mean_var
+
+    schedule = linear_schedule(1000)
+    mean, var = q_mean_var(torch.ones(3, 1, 4, 4), torch.ones(3, dtype=torch.long), schedule)
+    assert var.dtype == torch.float32 and var.shape == (3, 1, 1, 1)
+    assert bool(((var.double() / 1e-4 - 1).abs() <= 1e-6).all()), var.flatten().tolist()
+    assert bool(((mean.double() - math.sqrt(1 - 1e-4)).abs() <= 1e-7).all())
+
+
+def test_gather64_is_float64_on_the_cpu_and_gather_casts_it():
+    from ddpm_lib.schedules import gather64
+
+    s = linear_schedule(20)
+    like = torch.zeros(3, 1, 2, dtype=torch.float32)
+    t = torch.tensor([1, 7, 20])
+    out = gather64(s.alpha_bar, t, like)
+    assert out.dtype == torch.float64 and out.device.type == "cpu" and out.shape == (3, 1, 1)
+    assert out.flatten().tolist() == [s.alpha_bar[i].item() for i in t.tolist()]
+    assert torch.equal(gather(s.alpha_bar, t, like), out.to(torch.float32))
+    assert gather64(s.beta, 5, like).shape == ()
+    with pytest.raises(IndexError, match=r"allows 0\.\.20"):
+        gather64(s.beta, torch.tensor([21]), like)
+    with pytest.raises(TypeError, match=r"must be integers"):
+        gather64(s.beta, torch.tensor([1.0]), like)
