@@ -153,7 +153,7 @@ def _build_install_and_run(tmp: Path, env: dict, timings: dict) -> None:
     _run([*cli, "evaluate", "--checkpoint", "mnist", "--metrics", "nll,fd", "--limit", "2", "--strata", "2",
           "--samples", "s.npz", "--out", "m.json"], work, env, timings, "cli evaluate")
     metrics = json.loads((work / "m.json").read_text())
-    assert 0 < metrics["bits_per_dim"] < 8 and metrics["n_images"] == 2 and "fd" in metrics, metrics
+    assert 0 < metrics["bits_per_dim"] < 8 and metrics["n_images"] == 2 and "fd" in metrics and metrics["fd_se"] >= 0, metrics
 
     # 4. the book extra and the Jupyter runtime, then every chapter
     _run([*pip, f"{wheel}[book]", "nbclient", "ipykernel"], tmp, env, timings, "install book extra + nbclient/ipykernel")
