@@ -95,3 +95,29 @@ def test_no_printed_round_off(notebook):
         f"{notebook.name}: cells print round-off that another machine prints differently "
         f"(cell index, numbers): {problems}. Assert it against a tolerance and print the bound."
     )
+
+
+def unrun_code_cells(notebook: Path) -> list[int]:
+    """Indices of code cells stored without running (``execution_count`` null).
+
+    The book is built from the stored outputs (``execute_notebooks: off``), so such a cell shows a
+    reader nothing; and strict nbval skips a cell whose stored version never ran, so nothing would
+    check it either. An empty code cell is allowed.
+    """
+    cells = json.loads(notebook.read_text())["cells"]
+    return [i for i, c in enumerate(cells) if c["cell_type"] == "code" and c.get("execution_count") is None and "".join(c["source"]).strip()]
+
+
+def test_the_unrun_cell_check_bites(tmp_path):
+    planted = {"cells": [{"cell_type": "code", "execution_count": 1, "source": ["1 + 1"], "outputs": []},
+                         {"cell_type": "code", "execution_count": None, "source": ["print(2)"], "outputs": []},
+                         {"cell_type": "code", "execution_count": None, "source": [""], "outputs": []}]}
+    path = tmp_path / "planted.ipynb"
+    path.write_text(json.dumps(planted))
+    assert unrun_code_cells(path) == [1]
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.stem)
+def test_every_code_cell_was_run(notebook):
+    unrun = unrun_code_cells(notebook)
+    assert not unrun, f"{notebook.name}: code cells {unrun} were stored without running; execute the notebook top to bottom."
