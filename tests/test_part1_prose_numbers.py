@@ -19,8 +19,9 @@ import torch
 
 from ddpm_lib import Schedule
 from ddpm_lib.checkpoint import load_vae
-from ddpm_lib.elbo import (LinearGaussianReverse, gaussian_kl, optimal_linear_reverse, sample_forward_trajectory,
-                           vdm_elbo_estimates, vdm_terms_denoising)
+from ddpm_lib.elbo import (LinearGaussianModel, LinearGaussianReverse, gaussian_kl, optimal_linear_reverse,
+                           sample_forward_trajectory, vdm_elbo_estimates, vdm_elbo_exact, vdm_terms_consistency_as_printed,
+                           vdm_terms_denoising)
 from ddpm_lib.montecarlo import mean_and_stderr
 from ddpm_lib.posterior import posterior_mean, posterior_variance
 from ddpm_lib.toy import GaussianMixture
@@ -87,10 +88,34 @@ def _reverse_kl_fit(mixture: GaussianMixture, start) -> tuple[float, float]:
     return float(params[0].detach()), float(torch.exp(params[1].detach()))
 
 
+def _binomial_tail(n: int, p: float, k_sd: float) -> float:
+    # P(|N - n p| >= k_sd sqrt(n p (1 - p))) for N ~ Bin(n, p), summed over the counts from log-factorials
+    k = torch.arange(n + 1, dtype=F64)
+    log_pmf = math.lgamma(n + 1) - torch.lgamma(k + 1) - torch.lgamma(n - k + 1) + k * math.log(p) + (n - k) * math.log1p(-p)
+    return float(torch.exp(log_pmf[(k - n * p).abs() >= k_sd * math.sqrt(n * p * (1 - p))]).sum())
+
+
+def test_binomial_tail_bites():
+    # against a case small enough to sum by hand: Bin(4, 1/2) has mean 2, sd 1; |N - 2| >= 2 at N = 0 and 4
+    assert math.isclose(_binomial_tail(4, 0.5, 2.0), 2 / 16, rel_tol=1e-12)
+    assert math.isclose(_binomial_tail(4, 0.5, 1.0), 1 - 6 / 16, rel_tol=1e-12)
+
+
 def test_densities_tail_probabilities():
     text = markdown("densities_likelihood_kl")
-    five_se = stated(text, r"K \\times (\d\.\d) \\times 10\^\{-7\}")            # two-sided tail beyond 5 standard errors
-    assert rounds_to(math.erfc(5 / math.sqrt(2)) * 1e7, five_se)
+    normal_tail = math.erfc(5 / math.sqrt(2))                                    # two-sided normal tail beyond 5 standard errors
+    assert rounds_to(normal_tail * 1e7, stated(text, r"with probability \$(\d\.\d) \\times 10\^\{-7\}\$ per cell"))
+    # "at nP = 20 ... about ten times heavier than the normal's": at the chapter's sparsest cell with n P >= 20
+    assert "its tail beyond 5 standard deviations is about ten times\nheavier than the normal's" in text
+    edges = torch.arange(-6.0, 6.0 + 1e-9, 0.25, dtype=F64)
+    mixture = GaussianMixture(torch.tensor([0.5, 0.3, 0.2], dtype=F64), torch.tensor([[-1.5, -1.0], [1.5, 0.5], [0.0, 2.0]], dtype=F64),
+                              torch.tensor([0.6, 0.8, 0.5], dtype=F64))                         # the chapter's cloud
+    cell_p = sum(w_ * torch.diff(torch.special.ndtr((edges - m_[0]) / s_))[:, None] * torch.diff(torch.special.ndtr((edges - m_[1]) / s_))[None, :]
+                 for w_, m_, s_ in zip(mixture.weights, mixture.means, mixture.stds))
+    sparsest = float(cell_p[200_000 * cell_p >= 20].min())
+    assert 20 <= 200_000 * sparsest < 21                                           # "n P = 20"
+    ratio = _binomial_tail(200_000, sparsest, 5.0) / normal_tail
+    assert float(f"{ratio:.1g}") == 10                                             # about ten: one significant digit
     assert stated(text, r"the mass outside is below \$10\^\{(-\d+)\}\$") == "-32"
     assert math.erfc(12 / math.sqrt(2)) < 1e-32                                  # P(|U| > 12) for U ~ N(0, 1)
 
@@ -129,6 +154,24 @@ def test_densities_exercise_close_modes():
     assert len(peaks) == 1 and abs(float(grid[1:-1][peaks[0]])) < 1e-9
 
 
+# --- The evidence lower bound --------------------------------------------------------------------------------------
+
+
+def test_elbo_importance_weight_has_finite_moments():
+    # the chapter's q = N((0.3, -0.2), I) gives the weight p(x, z) / q(z) finite second and fourth moments
+    # (2 P^-1 - Q^-1 > 0 and 4 P^-1 - 3 Q^-1 > 0); the narrower covariance it names does not (2 P^-1 - Q^-1 has a negative eigenvalue)
+    text = markdown("elbo")
+    assert "$q = \\mathcal N\\big((0.3, -0.2),\\ I\\big)$" in text
+    assert "\\begin{pmatrix} 0.5 & 0.1 \\\\ 0.1 & 0.3 \\end{pmatrix}$, fails the first condition" in text
+    g = torch.Generator().manual_seed(1)
+    model = LinearGaussianModel(torch.randn(3, 2, generator=g, dtype=F64), torch.randn(3, generator=g, dtype=F64), noise_var=0.5)
+    post_prec = torch.linalg.inv(model.posterior(torch.tensor([0.8, -1.1, 0.4], dtype=F64))[1])
+    eye, narrow = torch.eye(2, dtype=F64), torch.tensor([[0.5, 0.1], [0.1, 0.3]], dtype=F64)
+    smallest = lambda m: float(torch.linalg.eigvalsh(m).min())
+    assert smallest(2 * post_prec - eye) > 0 and smallest(4 * post_prec - 3 * eye) > 0
+    assert smallest(2 * post_prec - torch.linalg.inv(narrow)) < 0
+
+
 # --- The variational autoencoder ----------------------------------------------------------------------------------
 
 
@@ -146,6 +189,20 @@ def test_vae_learning_rate_schedule_in_the_prose():
     _, meta = load_vae("vae-mnist")
     config = VAETrainConfig(lr=meta["train"]["lr"], lr_decay_steps=meta["train"]["lr_decay_steps"])
     assert math.isclose(_lr_at(0, config), 1e-3) and math.isclose(_lr_at(meta["train"]["lr_decay_steps"], config), 1e-4)
+
+
+def test_vae_against_the_shipped_ddpm():
+    # the chapter states that the shipped DDPM does not beat the VAE, by how much and by how many standard errors
+    text = markdown("vae")
+    _, meta = load_vae("vae-mnist")
+    ddpm = json.loads((Path(__file__).resolve().parent.parent / "ddpm_lib" / "weights" / "mnist-nll-test.json").read_text())
+    gap = ddpm["bits_per_dim"] - meta["test"]["bits_per_dim"]
+    gap_se = math.hypot(ddpm["bits_per_dim_stderr"], meta["test"]["bits_per_dim_stderr"])
+    assert gap > 5 * gap_se                                                       # the VAE's bound is lower, beyond 5 standard errors
+    assert "**The shipped DDPM does not beat this VAE**" in text and "does not beat it: its bound is higher by" in text
+    assert rounds_to(gap, stated(text, r"higher by\s+(\d\.\d+) bits/dim"))
+    assert rounds_to(gap / gap_se, stated(text, r"some (\d+)\s+standard errors of the difference"))
+    assert "the verdict is conservative" in text                                # the independent combination overstates the error
 
 
 def test_vae_exercise_bits_per_dim():
@@ -179,6 +236,34 @@ def test_vdm_schedule_end():
     text = markdown("hvae_to_vdm")
     schedule = Schedule.from_alpha_bar(torch.exp(-3.0 * torch.arange(1, 6) / 5))
     assert rounds_to(float(schedule.alpha_bar[5]), stated(text, r"\\bar\\alpha_T = e\^\{-3\} \\approx (\d\.\d+)"))
+
+
+def _stored_output(name: str, cell_id: str) -> str:
+    cells = json.loads((NOTEBOOKS / f"{name}.ipynb").read_text())["cells"]
+    (cell,) = [c for c in cells if c.get("id") == cell_id]
+    return "".join("".join(o.get("text", "")) for o in cell["outputs"])
+
+
+def test_vdm_variance_table_in_the_prose():
+    # the prose's range of (a)/(b) and its number of standard errors are the ones the table cell printed
+    text = markdown("hvae_to_vdm")
+    printed = _stored_output("hvae_to_vdm", "cell-22")
+    low, high, z = re.search(r"\(a\)/\(b\) from (\d+\.\d) to (\d+\.\d), each by more than (\d+) standard errors", printed).groups()
+    assert f"by factors between about {low} and {high}" in text
+    assert f"each difference is more than {z} standard errors" in text
+    assert "the plain log-ratio below (b) with the 6 exact-reverse decoders, above it with the 6 others" in printed
+    assert "measured in 12 settings" in text
+
+
+def test_vdm_printed_offset():
+    # the printed objective minus the ELBO: -sum_{t=1}^{T-1} sqrt(alpha_{t+1}) beta_t a_{t+1} / v_{t+1}, the same for every x0
+    schedule = Schedule.from_alpha_bar(torch.exp(-3.0 * torch.arange(1, 6) / 5))
+    opt = optimal_linear_reverse(schedule, 0.5, 0.3)
+    for rev in (opt, LinearGaussianReverse(0.8 * opt.coef, opt.shift + 0.1, 1.5 * opt.var)):
+        x0 = torch.tensor([-0.7, 0.2, 0.8, 1.9], dtype=F64)
+        offset = vdm_terms_consistency_as_printed(x0, schedule, rev).elbo - vdm_elbo_exact(x0, schedule, rev)
+        closed = -sum(float(schedule.alpha[t + 1].sqrt() * schedule.beta[t] * rev.coef[t + 1] / rev.var[t + 1]) for t in range(1, 5))
+        assert float((offset - closed).abs().max()) < 1e-12 and abs(closed) > 1.0
 
 
 def test_vdm_exercise_one_timestep():

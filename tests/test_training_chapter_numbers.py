@@ -1,0 +1,150 @@
+"""Numbers and rankings stated in the prose of "Training a DDPM on MNIST", pinned to the files they come from.
+
+The chapter's cells print what they read from the JSON files that the commands wrote (in
+``ddpm_lib/weights``); its markdown states some of those numbers again in words ("about 1.9", "four
+standard errors", "the stochastic sampler beats both ODE solvers by several paired standard errors").
+Each test finds the statement in the markdown and checks it against the file, so that rerunning a
+command (or editing the prose) cannot leave the two disagreeing.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from importlib.resources import files
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "training_mnist.ipynb"
+
+
+def _read(name: str) -> dict:
+    return json.loads(files("ddpm_lib").joinpath("weights", name).read_text())
+
+
+@pytest.fixture(scope="module")
+def prose() -> str:
+    cells = json.loads(NOTEBOOK.read_text())["cells"]
+    return " ".join(" ".join("".join(c["source"]).split()) for c in cells if c["cell_type"] == "markdown")
+
+
+@pytest.fixture(scope="module")
+def table() -> dict:
+    return _read("mnist-samplers.json")
+
+
+def _rows(table):
+    return {(r["sampler"], r["nfe"]): r for r in table["rows"]}
+
+
+def _paired(table, a, b, nfe):
+    """FD(a) - FD(b) at ``nfe`` and its paired bootstrap standard error."""
+    rows = _rows(table)
+    diff = rows[a, nfe]["fd"] - rows[b, nfe]["fd"]
+    se = float(np.std(np.subtract(rows[a, nfe]["fd_bootstrap"], rows[b, nfe]["fd_bootstrap"]), ddof=1))
+    return diff, se
+
+
+def test_the_table_is_the_one_the_prose_describes(prose, table):
+    assert table["n"] >= 2000  # the book's rule for sample-quality distances
+    assert f"$N = {table['n']}$" in prose
+    assert "averaged over five disjoint sets" in prose and table["floor_sets"] == 5
+    assert "resampled with replacement 200 times" in prose and table["n_bootstrap"] == 200
+    budgets = sorted({r["nfe"] for r in table["rows"]})
+    assert "each at 10, 20 and 50 network evaluations" in prose and budgets == [10, 20, 50]
+    assert {r["sampler"] for r in table["rows"]} == {"ddpm-strided", "ddim", "dpm-solver-2m"}
+
+
+def test_the_best_ratio_and_its_distance_from_one(prose, table):
+    best = min(table["rows"], key=lambda r: r["fd_ratio"])
+    assert (best["sampler"], best["nfe"]) == ("ddpm-strided", 50)
+    assert "The best ratio in the table, about 1.6 (the strided ancestral sampler at 50 evaluations)" in prose
+    assert round(best["fd_ratio"], 1) == 1.6
+    assert "is three of its standard errors above 1" in prose
+    assert round((best["fd_ratio"] - 1) / best["fd_ratio_se"]) == 3
+
+
+def test_the_floor_spread_at_2000(prose, table):
+    assert "At 2000 it moves by a factor of about 1.5" in prose
+    assert round(max(table["floor_values"]) / min(table["floor_values"]), 1) == 1.5
+    assert "lie between 0.8 and 1.2 times their mean, and every row of the table lies above that range" in prose
+    low, high = min(table["floor_values"]) / table["floor"], max(table["floor_values"]) / table["floor"]
+    assert (round(low, 1), round(high, 1)) == (0.8, 1.2)
+    assert all(r["fd_ratio"] > high for r in table["rows"])
+
+
+def test_the_rankings_the_prose_states(prose, table):
+    # "At 20 and 50 evaluations ... beats both ODE solvers there by several paired standard errors"
+    assert "At 20 and 50 evaluations the stochastic sampler is best." in prose
+    assert "The strided ancestral sampler beats both ODE solvers there by several paired standard errors" in prose
+    for nfe in (20, 50):
+        for other in ("ddim", "dpm-solver-2m"):
+            diff, se = _paired(table, "ddpm-strided", other, nfe)
+            assert diff < 0 and -diff / se > 2.5, (nfe, other, diff, se)
+    # "nor does it measurably improve from 20 to 50 evaluations (the difference is within two standard errors)"
+    assert "nor does it measurably improve from 20 to 50 evaluations (the difference is within two standard errors)" in prose
+    rows = _rows(table)
+    a, b = rows["ddpm-strided", 20], rows["ddpm-strided", 50]
+    se = float(np.std(np.subtract(a["fd_bootstrap"], b["fd_bootstrap"]), ddof=1))
+    assert abs(a["fd"] - b["fd"]) < 2 * se
+    # "At 10 evaluations its lead over DPM-Solver++(2M) is gone (the difference is within two standard errors)"
+    assert "the difference is within two standard errors" in prose
+    diff, se = _paired(table, "ddpm-strided", "dpm-solver-2m", 10)
+    assert abs(diff) / se < 2, (diff, se)
+    # "DPM-Solver++(2M) beats DDIM (first order) by many paired standard errors at 10, 20 and 50 evaluations"
+    assert "DPM-Solver++(2M) beats DDIM (first order) by many paired standard errors at 10, 20 and 50 evaluations" in prose
+    for nfe in (10, 20, 50):
+        diff, se = _paired(table, "dpm-solver-2m", "ddim", nfe)
+        assert diff < 0 and -diff / se > 5, (nfe, diff, se)
+
+
+def test_the_bounds_the_prose_compares(prose):
+    nll = _read("mnist-nll-test.json")
+    from ddpm_lib.checkpoint import load_vae
+
+    vae_bpd = load_vae("vae-mnist")[1]["test"]["bits_per_dim"]
+    assert "The VAE chapter called its 1.54 bits/dim" in prose and round(vae_bpd, 2) == 1.54
+    assert "its bound is about 0.11 bits/dim higher" in prose
+    assert round(nll["bits_per_dim"] - vae_bpd, 2) == 0.11
+    runs = [_read(f"{name}-nll-test.json")["bits_per_dim"] for name in ("mnist-cpu", "mnist-cpu-v2000", "mnist")]
+    assert "(2.65, then 1.98, then 1.65 bits/dim)" in prose
+    assert [round(b, 2) for b in runs] == [2.65, 1.98, 1.65]
+
+
+def test_the_decoder_width_numbers(prose):
+    # 0.368 bits/dim: background pixels (exactly -1) under a perfect prediction, N(-1, beta_1) on (-inf, -1 + 1/255]
+    import torch
+
+    from ddpm_lib.checkpoint import load_model
+    from ddpm_lib.data import load_mnist
+
+    beta_1 = load_model("mnist").schedule.beta[1].double()
+    mass = torch.special.ndtr((1 / 255) / beta_1.sqrt())
+    background = (load_mnist("test")[0] == 0).double().mean()
+    assert "(0.368 bits/dim with perfect predictions) is more than that gap" in prose
+    assert round(float(background * -torch.log2(mass)), 3) == 0.368
+    assert 0.368 > round(_read("mnist-nll-test.json")["bits_per_dim"] - load_vae_bpd(), 2)
+
+
+def load_vae_bpd() -> float:
+    from ddpm_lib.checkpoint import load_vae
+
+    return load_vae("vae-mnist")[1]["test"]["bits_per_dim"]
+
+
+def test_the_last_step_numbers(prose):
+    # "alpha_bar_T ~ 2 10^-9 while alpha_bar_(T-1) is about 1000 times larger; the eps-weight ... about 500 per pixel"
+    from ddpm_lib.checkpoint import load_model
+
+    schedule = load_model("mnist").schedule
+    ab = schedule.alpha_bar.double()
+    T = schedule.T
+    assert r"$\bar\alpha_T \approx 2 \cdot 10^{-9}$" in prose and round(float(ab[T]) * 1e9) == 2
+    assert "is about 1000 times larger" in prose and round(float(ab[T - 1] / ab[T]), -2) == 1000
+    snr = ab / (1 - ab)
+    eps_weight = 0.5 * (snr[T - 1] - snr[T]) / snr[T]  # book eq. eps-weight at t = T
+    assert "is then about 500 per pixel" in prose and round(float(eps_weight), -2) == 500
+    assert math.isclose(float(eps_weight), 0.5 * (float(ab[T - 1] / ab[T]) * float((1 - ab[T]) / (1 - ab[T - 1])) - 1), rel_tol=1e-9)
