@@ -28,27 +28,9 @@ from ddpm_lib.toy import GaussianMixture
 from ddpm_lib.training import VAETrainConfig, _lr_at
 from ddpm_lib.vae import bits_per_dim
 
-NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+from prose import NOTEBOOKS, markdown, rounds_to, stated
+
 F64 = torch.float64
-
-
-def markdown(name: str) -> str:
-    cells = json.loads((NOTEBOOKS / f"{name}.ipynb").read_text())["cells"]
-    return "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "markdown")
-
-
-def stated(text: str, pattern: str) -> str:
-    """The number that ``pattern`` (one group) captures; every occurrence must state the same number."""
-    found = set(re.findall(pattern, text))
-    assert found, f"the prose no longer contains {pattern!r}: update this test with it"
-    assert len(found) == 1, f"{pattern!r} states different numbers: {sorted(found)}"
-    return found.pop()
-
-
-def rounds_to(computed: float, written: str) -> bool:
-    """Whether ``computed``, rounded to the decimals of ``written``, is ``written``."""
-    decimals = len(written.split(".")[1]) if "." in written else 0
-    return abs(computed - float(written)) <= 0.5 * 10**-decimals * (1 + 1e-9)
 
 
 def test_rounds_to_bites():

