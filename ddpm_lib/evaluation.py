@@ -22,7 +22,7 @@ from .samplers import clip_denoiser, iterate, model_denoiser, sampler_plan
 from .schedules import Schedule
 from .vae import VAE, ELBOTerms, elbo_terms
 
-__all__ = ["generate_images", "elbo_strata", "elbo_bits_per_dim", "classifier_accuracy", "ClassifierFeatures", "classifier_features", "frechet_distance", "frechet_distances", "frechet_bootstrap", "check_images", "sampler_table",
+__all__ = ["generate_images", "elbo_strata", "elbo_bits_per_dim", "classifier_accuracy", "ClassifierFeatures", "classifier_features", "frechet_distance", "frechet_distances", "frechet_bootstrap", "random_real_sets", "check_images", "sampler_table",
            "evaluate_vae"]
 
 
@@ -298,10 +298,13 @@ def frechet_bootstrap(
     """Bootstrap replicates of each fake set's Fréchet distance to ``real`` (Efron & Tibshirani 1993, ch. 6).
 
     Replicate ``b`` resamples each fake set's N images with replacement, with the *same* indices for
-    every set of that size: sets drawn from the same seeds (the rows of :func:`sampler_table`) are
-    then compared pairwise, and the spread of ``fd_a[b] - fd_b[b]`` is the uncertainty of their
-    difference. The standard deviation of one set's replicates estimates the sampling error of
-    its distance at that N. The reference ``real`` is held fixed (it is the whole test set).
+    every set of that size: sets drawn from the same noise (the rows of one budget in
+    :func:`sampler_table`) are then compared pairwise, and the spread of ``fd_a[b] - fd_b[b]`` is the
+    uncertainty of their difference. The standard deviation of one set's replicates approximates
+    the sampling error of its distance at that N; it is not exact (duplicated images shift the
+    replicates upward, and near the floor, where the distance behaves like a squared norm, it
+    overstates the spread): ``scripts/fd_calibration.py`` measures it against independent sets.
+    The reference ``real`` is held fixed (it is the whole test set).
 
     Returns:
         For each set in ``fakes``, a list of ``n_bootstrap`` distances.
@@ -318,6 +321,23 @@ def frechet_bootstrap(
     indices = {n: torch.randint(n, (n_bootstrap, n), generator=gen) for n in sorted({f.shape[0] for f in fake_features})}
     replicates = [_fd_of_features([f[indices[f.shape[0]][b]] for b in range(n_bootstrap)], real_features) for f in fake_features]
     return replicates
+
+
+def random_real_sets(images: torch.Tensor, n: int, count: int, seed: int = 0) -> list[torch.Tensor]:
+    """``count`` disjoint sets of ``n`` images drawn at random (a seeded permutation) from ``images``.
+
+    The N-matched floor of a Fréchet distance compares *random* real digits with the reference, as
+    the model's samples are independent draws. Consecutive blocks of MNIST's training set are not
+    random draws: the set is ordered (by writer), and blocks of 2,000 give a floor about 65% higher
+    and 2.6 times as spread as random sets (measured with the shipped classifier).
+
+    Raises:
+        ValueError: if ``count * n`` exceeds the number of images, or ``n < 2`` or ``count < 1``.
+    """
+    if n < 2 or count < 1 or n * count > images.shape[0]:
+        raise ValueError(f"random_real_sets needs n >= 2, count >= 1 and n * count <= {images.shape[0]} images; got n = {n}, count = {count}.")
+    order = torch.randperm(images.shape[0], generator=torch.Generator().manual_seed(seed))
+    return [images[order[k * n : (k + 1) * n]] for k in range(count)]
 
 
 def _sd(values: list[float]) -> float:
@@ -340,21 +360,25 @@ def sampler_table(
     """The Fréchet distance of ``n`` samples to the MNIST test set, for each sampler and number of network evaluations.
 
     ``ddpm`` runs all ``T`` steps (one row); every other sampler runs each budget in ``budgets``.
-    Every row starts from the same seeded noise. Beside each distance:
+    Rows at the same budget start from the same seeded noise, so they are paired; rows at different
+    budgets share only their first batch (one generator draws ``x_T`` and every step's noise, batch
+    after batch, so its state after a batch depends on the number of steps). Beside each distance:
 
-    * ``fd_se``: the standard deviation of :func:`frechet_bootstrap` replicates (paired across rows;
-      the replicates are kept in ``fd_bootstrap`` so that two rows' difference gets its own error);
+    * ``fd_se``: the standard deviation of :func:`frechet_bootstrap` replicates (kept in
+      ``fd_bootstrap``, so that two rows of one budget get a paired error of their difference);
+      ``scripts/fd_calibration.py`` measures how it compares with the spread over independent sets;
     * the N-matched floor: the distance of ``n`` real *training* digits to the same test set,
-      averaged over ``floor_sets`` disjoint sets, with their standard deviation ``floor_sd``;
+      averaged over ``floor_sets`` disjoint sets drawn at random (:func:`random_real_sets` with
+      ``seed``), with their standard deviation ``floor_sd``;
     * ``fd_ratio = fd / floor`` and its standard error, from ``fd_se`` and ``floor_sd /
       sqrt(floor_sets)`` combined in quadrature (relative errors; first order).
 
     Returns:
-        ``{"n", "floor", "floor_sd", "floor_sets", "floor_values", "n_bootstrap", "rows"}`` with rows
+        ``{"n", "floor", "floor_sd", "floor_sets", "floor_seed", "floor_values", "n_bootstrap", "threads", "device", "rows"}`` with rows
         ``{"sampler", "nfe", "fd", "fd_se", "fd_ratio", "fd_ratio_se", "fd_bootstrap", "seconds"}``.
 
     Raises:
-        ValueError: for ``n < 2``, ``n * floor_sets`` above the 60,000 training digits, an unknown
+        ValueError: for ``n < 2``, ``floor_sets < 2``, ``n * floor_sets`` above the 60,000 training digits, an unknown
             sampler, or a budget outside ``1..T``.
     """
     import time
@@ -374,7 +398,7 @@ def sampler_table(
     if any(not 1 <= b <= T for b in budgets):
         raise ValueError(f"every budget must be in 1..T = 1..{T}, got {budgets}.")
     reference = load_mnist("test")[0]
-    floor_values = frechet_distances([train[k * n : (k + 1) * n] for k in range(floor_sets)], reference, classifier)
+    floor_values = frechet_distances(random_real_sets(train, n, floor_sets, seed), reference, classifier)
     floor, floor_sd = sum(floor_values) / floor_sets, _sd(floor_values)
     plan = [(s, T) if s == "ddpm" else (s, b) for s in samplers for b in ([T] if s == "ddpm" else budgets)]
     samples, seconds = [], []
@@ -391,7 +415,8 @@ def sampler_table(
         ratio = fd / floor
         rows.append({"sampler": name, "nfe": nfe, "fd": fd, "fd_se": fd_se, "fd_ratio": ratio,
                      "fd_ratio_se": ratio * math.hypot(fd_se / fd, floor_rel_se), "fd_bootstrap": boot, "seconds": round(sec, 1)})
-    return {"n": n, "floor": floor, "floor_sd": floor_sd, "floor_sets": floor_sets, "floor_values": floor_values, "n_bootstrap": n_bootstrap, "rows": rows}
+    return {"n": n, "floor": floor, "floor_sd": floor_sd, "floor_sets": floor_sets, "floor_seed": seed, "floor_values": floor_values,
+            "n_bootstrap": n_bootstrap, "threads": torch.get_num_threads(), "device": str(device), "rows": rows}
 
 
 @torch.no_grad()

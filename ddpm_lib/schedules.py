@@ -235,6 +235,7 @@ def gather(values: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.T
 
     Raises:
         TypeError: if ``t`` is not an integer tensor.
+        ValueError: if ``t`` has more than one dimension or does not broadcast against ``like``'s batch.
         IndexError: if some ``t`` lies outside ``0..T``.
     """
     return gather64(values, t, like).to(device=like.device, dtype=like.dtype)

@@ -14,7 +14,7 @@ from ddpm_lib.checkpoint import LoadedModel, export_weights, load_classifier, lo
 from ddpm_lib.classifier import MnistClassifier
 from ddpm_lib.data import to_model
 from ddpm_lib.evaluation import (check_images, elbo_bits_per_dim, elbo_strata, frechet_bootstrap, frechet_distance, frechet_distances,
-                                 generate_images, sampler_table)
+                                 generate_images, random_real_sets, sampler_table)
 from ddpm_lib.samplers import sample, sampler_plan
 from ddpm_lib.likelihood import decoder_nll, denoising_kl, prior_kl
 from ddpm_lib.losses import vlb_weight
@@ -200,6 +200,19 @@ def test_frechet_bootstrap_is_paired_and_its_spread_matches_fresh_sets():
         frechet_bootstrap([fresh[0]], real, clf, n_bootstrap=1)
 
 
+def test_random_real_sets_are_disjoint_random_and_seeded():
+    images = torch.arange(1000).reshape(1000, 1, 1).expand(1000, 2, 2)
+    sets = random_real_sets(images, 100, 4, seed=0)
+    firsts = [s[:, 0, 0] for s in sets]
+    chosen = torch.cat(firsts)
+    assert len(set(chosen.tolist())) == 400  # disjoint
+    assert not any(torch.equal(f, torch.arange(k * 100, (k + 1) * 100)) for k, f in enumerate(firsts))  # not consecutive blocks
+    assert all(torch.equal(a, b) for a, b in zip(sets, random_real_sets(images, 100, 4, seed=0)))  # seeded
+    assert not torch.equal(sets[0], random_real_sets(images, 100, 4, seed=1)[0])
+    with pytest.raises(ValueError, match="n \\* count <= 1000"):
+        random_real_sets(images, 300, 4)
+
+
 def test_sampler_table_rows_floor_and_errors(monkeypatch, tmp_path):
     import ddpm_lib.data
 
@@ -210,12 +223,17 @@ def test_sampler_table_rows_floor_and_errors(monkeypatch, tmp_path):
     clf = MnistClassifier().eval()
     table = sampler_table(loaded, clf, n=8, budgets=[2, 3], samplers=("ddpm", "ddim"), floor_sets=3, n_bootstrap=4)
     assert [(r["sampler"], r["nfe"]) for r in table["rows"]] == [("ddpm", SCH.T), ("ddim", 2), ("ddim", 3)]
-    floors = frechet_distances([fake_mnist["train"][0][k * 8 : (k + 1) * 8] for k in range(3)], fake_mnist["test"][0], clf)
+    floors = frechet_distances(random_real_sets(fake_mnist["train"][0], 8, 3, seed=0), fake_mnist["test"][0], clf)
     assert table["floor_values"] == pytest.approx(floors, rel=1e-9)
     assert table["floor"] == pytest.approx(sum(floors) / 3, rel=1e-12)
+    assert table["floor_sd"] == pytest.approx(float(np.std(floors, ddof=1)), rel=1e-9)
     for r in table["rows"]:
         assert r["fd_ratio"] == pytest.approx(r["fd"] / table["floor"], rel=1e-12)
-        assert len(r["fd_bootstrap"]) == 4 and r["fd_se"] > 0 and r["fd_ratio_se"] > 0
+        assert len(r["fd_bootstrap"]) == 4
+        assert r["fd_se"] == pytest.approx(float(np.std(r["fd_bootstrap"], ddof=1)), rel=1e-9)
+        # the ratio's relative error: the distance's and the floor mean's (sd / sqrt(sets)) in quadrature
+        floor_rel = table["floor_sd"] / math.sqrt(3) / table["floor"]
+        assert r["fd_ratio_se"] == pytest.approx(r["fd_ratio"] * math.hypot(r["fd_se"] / r["fd"], floor_rel), rel=1e-9)
     with pytest.raises(ValueError, match="unknown sampler"):
         sampler_table(loaded, clf, n=8, budgets=[2], samplers=("euler",))
     with pytest.raises(ValueError, match="training digits"):
