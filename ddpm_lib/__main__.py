@@ -12,34 +12,40 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .samplers import SAMPLERS
+from .core.targets import TARGETS
+from .sampling.loop import SAMPLERS
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
     from dataclasses import replace
 
-    from .training import PRESETS, train
+    from .training.ddpm import PRESETS, train
 
     if args.preset not in PRESETS:
         raise SystemExit(f"error: unknown preset {args.preset!r}; choose one of {sorted(PRESETS)}.")
     config = PRESETS[args.preset] if args.target is None else replace(PRESETS[args.preset], target=args.target)
-    path = train(config, args.out, device=args.device, steps=args.steps, progress=not args.no_progress)
-    if os.environ.get("RANK", "0") == "0":  # under torchrun, only the first process reports
+    # under torchrun: one process per device, each told its rank and the number of processes by the environment
+    world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
+    device = args.device
+    if world > 1 and device is None and torch.cuda.is_available():
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    path = train(config, args.out, device=device, steps=args.steps, progress=not args.no_progress, world_size=world, rank=rank)
+    if rank == 0:  # under torchrun, only the first process reports
         print(f"checkpoint: {path}\nsamples: {Path(args.out) / 'samples.png'}\nmetrics: {Path(args.out) / 'metrics.jsonl'}")
 
 
 def _cmd_sample(args: argparse.Namespace) -> None:
     from .checkpoint import load_model
     from .data import save_grid
-    from .evaluation import generate_images
-    from .training import pick_device
+    from .sampling.images import generate_images
+    from .devices import pick_device
 
     out = Path(args.out)
     if out.suffix != ".npz":
         raise SystemExit(f"error: --out must end in .npz, got {out}.")
     dev = pick_device(args.device)
     loaded = load_model(args.checkpoint, device=dev)
-    images = generate_images(loaded, args.n, args.sampler, args.steps, args.eta, args.seed, args.batch_size, dev, progress=True).numpy()
+    images = generate_images(loaded, args.n, args.sampler, args.steps, args.eta, args.seed, args.batch_size, progress=True).numpy()
     out.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(out, images=images)
     png = save_grid(images[:256], out.with_suffix(".png"))
@@ -64,8 +70,8 @@ def _cmd_benchmark(args: argparse.Namespace) -> None:
 def _cmd_train_vae(args: argparse.Namespace) -> None:
     import shlex
 
-    from .training import VAETrainConfig, train_vae
-    from .vae import VAEConfig
+    from .training.vae import VAETrainConfig, train_vae
+    from .models.vae import VAEConfig
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -103,7 +109,7 @@ def _cmd_export(args: argparse.Namespace) -> None:
 
 def _cmd_train_classifier(args: argparse.Namespace) -> None:
     from .checkpoint import read_checkpoint
-    from .training import train_classifier
+    from .training.classifier import train_classifier
 
     path = train_classifier(args.out, epochs=args.epochs, seed=args.seed, device=args.device,
                             command=_command_line(), progress=not args.no_progress)
@@ -112,9 +118,10 @@ def _cmd_train_classifier(args: argparse.Namespace) -> None:
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
     from .checkpoint import load_classifier, load_model
-    from .data import load_mnist
-    from .evaluation import check_images, elbo_bits_per_dim, frechet_bootstrap, frechet_distances, generate_images, random_real_sets
-    from .training import pick_device
+    from .data import check_images, load_mnist
+    from .evaluation import elbo_bits_per_dim, frechet_bootstrap, frechet_distances, random_real_sets
+    from .sampling.images import generate_images
+    from .devices import pick_device
 
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
     unknown = sorted(set(metrics) - {"nll", "fd"})
@@ -129,7 +136,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
         test_images = test_images[: args.limit]
     result = {"checkpoint": str(args.checkpoint), "command": _command_line()}
     if "nll" in metrics:
-        result.update(elbo_bits_per_dim(loaded, test_images, batch_size=args.batch_size, seed=args.seed, device=dev,
+        result.update(elbo_bits_per_dim(loaded, test_images, batch_size=args.batch_size, seed=args.seed,
                                         n_strata=args.strata))
     if "fd" in metrics:
         classifier = load_classifier(args.classifier)
@@ -140,7 +147,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
                 fake = check_images(torch.from_numpy(f["images"]), f"{args.samples}['images']")
         else:
             n = args.n_samples or test_images.shape[0]
-            fake = generate_images(loaded, n, args.sampler, args.steps, 0.0, args.seed, args.batch_size, dev, progress=True)
+            fake = generate_images(loaded, n, args.sampler, args.steps, 0.0, args.seed, args.batch_size, progress=True)
         floor_images = random_real_sets(load_mnist("train")[0], fake.shape[0], 1, seed=args.seed)[0]
         fd, floor = frechet_distances([fake, floor_images], test_images, classifier)
         fd_se = float(np.std(frechet_bootstrap([fake], test_images, classifier, n_bootstrap=200, seed=args.seed)[0], ddof=1))
@@ -159,12 +166,12 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
 
 def _cmd_sampler_table(args: argparse.Namespace) -> None:
     from .checkpoint import load_classifier, load_model
-    from .evaluation import sampler_table
-    from .training import pick_device
+    from .evaluation.frechet import sampler_table
+    from .devices import pick_device
 
     dev = pick_device(args.device)
     table = sampler_table(load_model(args.checkpoint, device=dev), load_classifier(args.classifier), args.n, args.nfe,
-                          samplers=tuple(args.samplers), seed=args.seed, batch_size=args.batch_size, device=dev,
+                          samplers=tuple(args.samplers), seed=args.seed, batch_size=args.batch_size,
                           floor_sets=args.floor_sets, n_bootstrap=args.bootstrap)
     result = {"checkpoint": str(args.checkpoint), "command": _command_line(), **table}
     if args.out:
@@ -197,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", required=True, help="run folder; an existing checkpoint there is resumed")
     t.add_argument("--steps", type=_positive_int, help="total optimizer steps of the run (overrides the preset); "
                    "a resumed run trains up to this total")
-    t.add_argument("--target", choices=["eps", "x0", "v"], help="what the network predicts (overrides the preset)")
+    t.add_argument("--target", choices=list(TARGETS), help="what the network predicts (overrides the preset)")
     t.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: CUDA, else MPS, else CPU)")
     t.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     t.set_defaults(func=_cmd_train)

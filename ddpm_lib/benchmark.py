@@ -16,9 +16,10 @@ from functools import partial
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from .samplers import ddim_step, model_denoiser, sample
-from .training import PRESETS, batch_loss, pick_device
-from .unet import UNet
+from .devices import pick_device
+from .sampling import ddim_step, ddim_timesteps, model_denoiser, sample
+from .training.ddpm import PRESETS, batch_loss
+from .models.unet import UNet
 
 __all__ = ["benchmark_preset", "matmul_peak_tflops"]
 
@@ -113,7 +114,7 @@ def benchmark_preset(
     flops_forward = counter.get_total_flops()
     denoiser = model_denoiser(model, cfg.schedule, cfg.target)
     x_T = torch.randn(sample_batch, 1, 28, 28, device=dev)
-    steps = list(range(cfg.schedule.T, 0, -cfg.schedule.T // sample_steps))[:sample_steps]
+    steps = ddim_timesteps(cfg.schedule.T, sample_steps)
     with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_bf16):
         sample(denoiser, cfg.schedule, partial(ddim_step, eta=0.0), x_T, steps[:2])
         _sync(dev)

@@ -6,7 +6,7 @@ Layout of a checkpoint file (format 1):
   sampling), ``optim.*`` (AdamW's moments), ``schedule.beta`` (float64, shape ``(T + 1,)``) and
   ``rng.*`` (generator states, uint8), so that training resumes exactly;
 * the safetensors metadata entry ``"ddpm_lib"``: a JSON object with ``format``, ``model`` (the
-  :class:`~ddpm_lib.unet.UNetConfig`), ``schedule`` (its name), ``train`` (the training config),
+  :class:`~ddpm_lib.models.unet.UNetConfig`), ``schedule`` (its name), ``train`` (the training config),
   ``state`` (step, images seen, wall time) and ``optim`` (AdamW's hyper-parameters).
 
 Writing (:func:`write_atomic`) goes to one temporary file ``NAME.XXXXXXXX.tmp`` in the same folder,
@@ -31,10 +31,10 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save as serialize
 
-from .classifier import ClassifierConfig, MnistClassifier
-from .schedules import Schedule
-from .unet import UNet, UNetConfig
-from .vae import VAE, VAEConfig
+from .models.classifier import ClassifierConfig, MnistClassifier
+from .core.schedules import Schedule
+from .models.unet import UNet, UNetConfig
+from .models.vae import VAE, VAEConfig
 
 __all__ = [
     "FORMAT",
@@ -273,7 +273,7 @@ def load_vae(path_or_name: str | Path = "vae-mnist", device: str | torch.device 
     """Load a VAE from a ``train-vae`` checkpoint, an exported weights file, or a shipped name (default ``"vae-mnist"``).
 
     Returns:
-        ``(model, meta)``: the :class:`~ddpm_lib.vae.VAE` in eval mode on ``device``, and the file's
+        ``(model, meta)``: the :class:`~ddpm_lib.models.vae.VAE` in eval mode on ``device``, and the file's
         JSON config (``meta["test"]`` holds the test-set bits/dim of an exported file).
 
     Raises:

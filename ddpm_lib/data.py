@@ -171,3 +171,18 @@ def load_mnist(split: str = "train", source: str = "auto", root: str | Path | No
     except Exception as err:  # network or disk failure: say what to do
         raise RuntimeError(f"torchvision could not download MNIST into {root}: {err}. {_HOW_TO_GET}") from err
     return ds.data.clone(), ds.targets.clone()
+
+
+def check_images(images: torch.Tensor, what: str = "images") -> torch.Tensor:
+    """Validate uint8 MNIST-shaped images ``(N, 28, 28)`` and return them as a tensor.
+
+    Raises:
+        ValueError: for another dtype or shape, saying what was expected.
+    """
+    images = torch.as_tensor(images)
+    if images.dtype != torch.uint8 or images.ndim != 3 or tuple(images.shape[1:]) != (28, 28) or images.shape[0] < 2:
+        raise ValueError(
+            f"{what}: expected uint8 pixels in 0..255 of shape (N, 28, 28) with N >= 2, got {images.dtype} of shape "
+            f"{tuple(images.shape)} (the 'images' array written by `python -m ddpm_lib sample`)."
+        )
+    return images

@@ -1,12 +1,13 @@
 """Run by tests/test_ddp.py under torchrun: trains the tiny test configuration on fixed random images."""
 
+import os
 import sys
 
 import torch
 
-from ddpm_lib.schedules import linear_schedule
+from ddpm_lib.core.schedules import linear_schedule
 from ddpm_lib.training import TrainConfig, train
-from ddpm_lib.unet import UNetConfig
+from ddpm_lib.models.unet import UNetConfig
 
 
 def config(batch_size: int) -> TrainConfig:
@@ -29,4 +30,6 @@ def images() -> torch.Tensor:
 
 if __name__ == "__main__":
     torch.set_num_threads(1)
-    train(config(batch_size=int(sys.argv[2])), sys.argv[1], steps=4, images=images(), progress=False)
+    # torchrun tells each process its rank and the number of processes through the environment
+    world, rank = int(os.environ["WORLD_SIZE"]), int(os.environ["RANK"])
+    train(config(batch_size=int(sys.argv[2])), sys.argv[1], steps=4, images=images(), progress=False, world_size=world, rank=rank)

@@ -26,8 +26,24 @@ def _book_text() -> str:
     return "\n".join(parts)
 
 
+def _library_files() -> list[Path]:
+    # every module of the package, its subpackages included (a glob of the top level alone would skip them)
+    return sorted((ROOT / "ddpm_lib").rglob("*.py"))
+
+
+def test_the_walk_reaches_every_layer():
+    # the label check below is only as good as the files it reads: every subpackage must be among them
+    files = _library_files()
+    packages = {p.parent.name for p in files if p.name == "__init__.py" and p.parent != ROOT / "ddpm_lib"}
+    assert {"core", "models", "sampling", "toys", "training", "evaluation", "teaching"} <= packages, packages
+    for package in packages:
+        modules = [p for p in files if p.parent.name == package and p.name != "__init__.py"]
+        assert modules, f"no module of ddpm_lib.{package} was read"
+    assert any(CITED.search(p.read_text()) for p in files if p.parent.name == "core"), "no core module cites a label"
+
+
 def test_cited_labels_exist_in_the_book():
-    cited = {m for p in (ROOT / "ddpm_lib").glob("*.py") for m in CITED.findall(p.read_text())}
+    cited = {m for p in _library_files() for m in CITED.findall(p.read_text())}
     text = _book_text()
     defined = set(DEFINED_MATH.findall(text)) | set(DEFINED_TARGET.findall(text))
     assert cited, "no docstring cites an equation label: the regex or the docstrings changed"

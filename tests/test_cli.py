@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-import ddpm_lib.training as training
+import ddpm_lib.training.ddpm as training
 from ddpm_lib.__main__ import main
 from ddpm_lib.checkpoint import read_checkpoint
 from ddpm_lib.training import CHECKPOINT_NAME, train

@@ -1,4 +1,4 @@
-"""The forward process q(x_t | x_0) (ddpm_lib.forward), checked by Monte Carlo against its moments.
+"""The forward process q(x_t | x_0) (ddpm_lib.core.forward), checked by Monte Carlo against its moments.
 
 The statistical checks use a CLT bound: a sample mean of N draws with variance v lies within
 K = 5 standard errors sqrt(v/N) of the true mean except with probability ~6e-7; a Gaussian sample
@@ -14,8 +14,8 @@ import math
 import pytest
 import torch
 
-from ddpm_lib.forward import q_mean_var, q_sample, q_step_sample
-from ddpm_lib.schedules import Schedule, linear_schedule
+from ddpm_lib.core.forward import q_mean_var, q_sample, q_step_sample
+from ddpm_lib.core.schedules import Schedule, linear_schedule
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

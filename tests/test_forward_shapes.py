@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from ddpm_lib.forward import q_mean_var, q_sample, q_step_sample
-from ddpm_lib.schedules import linear_schedule
+from ddpm_lib.core.forward import q_mean_var, q_sample, q_step_sample
+from ddpm_lib.core.schedules import linear_schedule
 
 SCHEDULE = linear_schedule(100)
 X = torch.zeros(8, 1, 28, 28)
@@ -43,8 +43,8 @@ def test_a_batch_of_one_needs_t_of_shape_1_or_0d():
 def test_every_coefficient_refuses_t_that_would_add_dimensions(shape):
     # schedules.gather64 refuses t of 2 or more dimensions, or of a length that does not broadcast
     # against the batch, so the posterior and the parameterizations refuse too
-    from ddpm_lib.parameterizations import eps_from_x0
-    from ddpm_lib.posterior import posterior_mean, posterior_variance
+    from ddpm_lib.core.targets import eps_from_x0
+    from ddpm_lib.core.posterior import posterior_mean, posterior_variance
 
     t = torch.ones(shape, dtype=torch.long)
     with pytest.raises(ValueError, match=r"gather: t must be 0-d or 1-d"):

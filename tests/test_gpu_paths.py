@@ -14,8 +14,8 @@ import functools
 import pytest
 import torch
 
-from ddpm_lib.samplers import ddim_step, ddpm_step, dpm_solver_2m_step, sample
-from ddpm_lib.schedules import linear_schedule
+from ddpm_lib.sampling import ddim_step, ddpm_step, dpm_solver_2m_step, sample
+from ddpm_lib.core.schedules import linear_schedule
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

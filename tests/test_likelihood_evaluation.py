@@ -1,4 +1,4 @@
-"""The ELBO terms (ddpm_lib.likelihood), evaluation, shipped checkpoints and the evaluate command."""
+"""The ELBO terms (ddpm_lib.core.likelihood), evaluation, shipped checkpoints and the evaluate command."""
 
 import json
 import math
@@ -11,16 +11,16 @@ from torch.distributions import Normal
 from ddpm_lib import linear_schedule, posterior_mean, q_sample
 from ddpm_lib.__main__ import main
 from ddpm_lib.checkpoint import LoadedModel, export_weights, load_classifier, load_model, pretrained_names, read_checkpoint, resolve_checkpoint
-from ddpm_lib.classifier import MnistClassifier
-from ddpm_lib.data import to_model
-from ddpm_lib.evaluation import (check_images, elbo_bits_per_dim, elbo_strata, frechet_bootstrap, frechet_distance, frechet_distances,
-                                 generate_images, random_real_sets, sampler_table)
-from ddpm_lib.samplers import sample, sampler_plan
-from ddpm_lib.likelihood import decoder_nll, denoising_kl, prior_kl
-from ddpm_lib.losses import vlb_weight
-from ddpm_lib.schedules import gather
+from ddpm_lib.models.classifier import MnistClassifier
+from ddpm_lib.data import check_images, to_model
+from ddpm_lib.evaluation import (elbo_bits_per_dim, elbo_strata, frechet_bootstrap, frechet_distance, frechet_distances,
+                                 random_real_sets, sampler_table)
+from ddpm_lib.sampling import generate_images, sample, sampler_plan
+from ddpm_lib.core.likelihood import decoder_nll, denoising_kl, prior_kl
+from ddpm_lib.core.losses import vlb_weight
+from ddpm_lib.core.schedules import gather
 from ddpm_lib.training import TrainConfig, train
-from ddpm_lib.unet import UNet, UNetConfig
+from ddpm_lib.models.unet import UNet, UNetConfig
 
 SCH = linear_schedule(50)
 G = torch.Generator().manual_seed(0)
@@ -214,11 +214,11 @@ def test_random_real_sets_are_disjoint_random_and_seeded():
 
 
 def test_sampler_table_rows_floor_and_errors(monkeypatch, tmp_path):
-    import ddpm_lib.data
+    import ddpm_lib.evaluation.frechet
 
     g = torch.Generator().manual_seed(2)
     fake_mnist = {"train": (_blobs(40, g), None), "test": (_blobs(60, g), None)}
-    monkeypatch.setattr(ddpm_lib.data, "load_mnist", lambda split: fake_mnist[split])
+    monkeypatch.setattr(ddpm_lib.evaluation.frechet, "load_mnist", lambda split: fake_mnist[split])
     loaded = load_model(train(TINY, tmp_path / "run", steps=1, images=_blobs(16, g), progress=False))
     clf = MnistClassifier().eval()
     table = sampler_table(loaded, clf, n=8, budgets=[2, 3], samplers=("ddpm", "ddim"), floor_sets=3, n_bootstrap=4)

@@ -1,4 +1,4 @@
-"""Training losses (ddpm_lib.losses): L_simple and the VLB weights, against the Gaussian KL.
+"""Training losses (ddpm_lib.core.losses): L_simple and the VLB weights, against the Gaussian KL.
 
 For t >= 2 the ELBO term L_{t-1} = KL(q(x_{t-1}|x_t,x_0) || N(mu_theta, tilde_beta_t I)) is computed
 here from the closed-form KL of two Gaussians, with mu_theta the posterior mean at the predicted x0,
@@ -13,9 +13,9 @@ import math
 import pytest
 import torch
 
-from ddpm_lib.losses import simple_loss, vlb_loss, vlb_weight
-from ddpm_lib.parameterizations import TARGETS
-from ddpm_lib.schedules import Schedule, cosine_schedule, linear_schedule
+from ddpm_lib.core.losses import simple_loss, vlb_loss, vlb_weight
+from ddpm_lib.core.targets import TARGETS
+from ddpm_lib.core.schedules import Schedule, cosine_schedule, linear_schedule
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -1,4 +1,4 @@
-"""Conversions between x0, eps, v and the score (ddpm_lib.parameterizations), in float64.
+"""Conversions between x0, eps, v and the score (ddpm_lib.core.targets), in float64.
 
 Reference values come from the definitions written out here (x_t = sqrt(ab) x0 + sqrt(1 - ab) eps,
 v = sqrt(ab) eps - sqrt(1 - ab) x0), from autograd, and from torch.distributions, never from the
@@ -12,8 +12,8 @@ import math
 import pytest
 import torch
 
-from ddpm_lib.forward import q_sample
-from ddpm_lib.parameterizations import (
+from ddpm_lib.core.forward import q_sample
+from ddpm_lib.core.targets import (
     TARGETS,
     eps_from_score,
     eps_from_v,
@@ -25,7 +25,7 @@ from ddpm_lib.parameterizations import (
     x0_from_eps,
     x0_from_v,
 )
-from ddpm_lib.schedules import Schedule, cosine_schedule, linear_schedule
+from ddpm_lib.core.schedules import Schedule, cosine_schedule, linear_schedule
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -1,16 +1,16 @@
-"""ddpm_lib.checkers: each checker accepts the right answer and names the common slips."""
+"""ddpm_lib.teaching.checkers: each checker accepts the right answer and names the common slips."""
 
 import math
 
 import pytest
 import sympy as sp
 
-from ddpm_lib.checkers import (CheckResult, alpha_bar, alpha_next, alpha_t, b, check_bits_per_dim, check_bridge,
+from ddpm_lib.teaching.checkers import (CheckResult, alpha_bar, alpha_next, alpha_t, b, check_bits_per_dim, check_bridge,
                                check_elbo_gap, check_forward_marginal, check_kl_gaussian, check_kl_to_standard_normal,
-                               check_posterior_linear_gaussian, check_telescoping, is_equal_polynomial, m1, m2, s2, v1,
+                               check_posterior_linear_gaussian, check_telescoping, m1, m2, s2, v1,
                                v2, telescoping_symbols, w, x, x_next, x_prev)
-from ddpm_lib.checkers import _verdict
-from ddpm_lib.symbolic import VacuousCheckError, kl_gaussian
+from ddpm_lib.teaching.checkers import _verdict
+from ddpm_lib.teaching.symbolic import VacuousCheckError, is_equal_polynomial, kl_gaussian
 
 
 def test_result_object():

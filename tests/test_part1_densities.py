@@ -10,10 +10,10 @@ import numpy as np
 import sympy as sp
 import torch
 
-from ddpm_lib.checkers import check_kl_gaussian, m1, m2, v1, v2
-from ddpm_lib.montecarlo import mean_and_stderr
-from ddpm_lib.symbolic import gaussian_logpdf, is_equal, kl_gaussian
-from ddpm_lib.toy import GaussianMixture
+from ddpm_lib.teaching.checkers import check_kl_gaussian, m1, m2, v1, v2
+from ddpm_lib.core.montecarlo import mean_and_stderr
+from ddpm_lib.teaching.symbolic import gaussian_logpdf, is_equal, kl_gaussian
+from ddpm_lib.toys.mixture import GaussianMixture
 
 Z = 5.0  # 5 standard errors: false alarm 5.7e-7 per comparison under the CLT
 

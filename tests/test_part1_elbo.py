@@ -1,4 +1,4 @@
-"""Part I, chapter "The evidence lower bound": ddpm_lib.elbo.LinearGaussianModel and the identities."""
+"""Part I, chapter "The evidence lower bound": ddpm_lib.toys.LinearGaussianModel and the identities."""
 
 import math
 
@@ -7,10 +7,10 @@ import sympy as sp
 import torch
 from torch.distributions import MultivariateNormal, kl_divergence
 
-from ddpm_lib.checkers import b, check_elbo_gap, s2, w, x
-from ddpm_lib.elbo import LinearGaussianModel
-from ddpm_lib.montecarlo import mean_and_stderr
-from ddpm_lib.symbolic import complete_square, gaussian_logpdf, is_equal, kl_gaussian
+from ddpm_lib.teaching.checkers import b, check_elbo_gap, s2, w, x
+from ddpm_lib.toys import LinearGaussianModel
+from ddpm_lib.core.montecarlo import mean_and_stderr
+from ddpm_lib.teaching.symbolic import complete_square, gaussian_logpdf, is_equal, kl_gaussian
 
 Z = 5.0
 F64 = torch.float64

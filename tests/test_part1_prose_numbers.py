@@ -19,14 +19,15 @@ import torch
 
 from ddpm_lib import Schedule
 from ddpm_lib.checkpoint import load_vae
-from ddpm_lib.elbo import (LinearGaussianModel, LinearGaussianReverse, gaussian_kl, optimal_linear_reverse,
+from ddpm_lib.toys import LinearGaussianModel
+from ddpm_lib.core import (LinearGaussianReverse, gaussian_kl, optimal_linear_reverse,
                            sample_forward_trajectory, vdm_elbo_estimates, vdm_elbo_exact, vdm_terms_consistency_as_printed,
                            vdm_terms_denoising)
-from ddpm_lib.montecarlo import mean_and_stderr
-from ddpm_lib.posterior import posterior_mean, posterior_variance
-from ddpm_lib.toy import GaussianMixture
-from ddpm_lib.training import VAETrainConfig, _lr_at
-from ddpm_lib.vae import bits_per_dim
+from ddpm_lib.core.montecarlo import mean_and_stderr
+from ddpm_lib.core.posterior import posterior_mean, posterior_variance
+from ddpm_lib.toys.mixture import GaussianMixture
+from ddpm_lib.training.vae import VAETrainConfig, _lr_at
+from ddpm_lib.models.vae import bits_per_dim
 
 from prose import NOTEBOOKS, markdown, rounds_to, stated
 

@@ -1,4 +1,4 @@
-"""Part I, chapter "The variational autoencoder": ddpm_lib.vae (network and ELBO), its training
+"""Part I, chapter "The variational autoencoder": ddpm_lib.models.vae (network and ELBO), its training
 (ddpm_lib.training.train_vae), evaluation (ddpm_lib.evaluation.evaluate_vae), loading
 (ddpm_lib.checkpoint.load_vae) and the shipped weights."""
 
@@ -10,14 +10,17 @@ import torch
 from torch.distributions import Independent, Normal, kl_divergence
 
 from ddpm_lib.__main__ import build_parser, main
-from ddpm_lib.checkers import check_bits_per_dim, check_kl_to_standard_normal
+from ddpm_lib.teaching.checkers import check_bits_per_dim, check_kl_to_standard_normal
 from ddpm_lib.checkpoint import load_model, load_vae, read_checkpoint, resolve_checkpoint, save_checkpoint
 from ddpm_lib.evaluation import evaluate_vae
-from ddpm_lib.montecarlo import mean_and_stderr
-from ddpm_lib.symbolic import gaussian_logpdf, is_equal
+from ddpm_lib.core.montecarlo import mean_and_stderr
+from ddpm_lib.teaching.symbolic import gaussian_logpdf, is_equal
 from ddpm_lib.training import VAETrainConfig, train_vae
-from ddpm_lib.vae import (VAE, VAEConfig, bits_per_dim, discretized_logistic_log_prob, elbo_terms,
-                          kl_diag_gaussian_to_standard_normal, reparameterize)
+from ddpm_lib.core.likelihood import bits_per_dim, check_on_pixel_grid, decoder_nll
+from ddpm_lib.core.schedules import linear_schedule
+from ddpm_lib.data import to_model
+from ddpm_lib.models.vae import (VAE, VAEConfig, discretized_logistic_log_prob, elbo_terms,
+                                 kl_diag_gaussian_to_standard_normal, reparameterize)
 
 Z = 5.0
 F64 = torch.float64
@@ -108,6 +111,49 @@ def test_bits_per_dim_and_its_checker():
     assert not res.ok and "ln 2" in res.message
     with pytest.raises(ValueError):
         bits_per_dim(1.0, num_dims=0)
+
+
+ALL_LEVELS = to_model(torch.arange(256, dtype=torch.uint8).reshape(1, 16, 16))  # float32 k / 127.5 - 1, k = 0..255
+OFF_GRID = [
+    ("two thousandths of a level off", ALL_LEVELS + 0.002 / 127.5),
+    ("one level past 1", torch.tensor([1.0 + 2 / 255])),
+    ("one level below -1", torch.tensor([-1.0 - 2 / 255])),
+    ("NaN", torch.tensor([0.0, float("nan")])),
+    ("uint8 pixels", torch.tensor([0, 255], dtype=torch.uint8)),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+def test_pixel_grid_accepts_every_8_bit_level(dtype):
+    x = ALL_LEVELS.to(dtype).clone().requires_grad_()
+    check_on_pixel_grid(x)  # no error, in float32 (to_model's round-off) and float64, also for a tensor in a graph
+    check_on_pixel_grid(x.double() * (1 + 1e-9))  # round-off far below a level passes too
+
+
+@pytest.mark.parametrize("what, x", OFF_GRID, ids=[w for w, _ in OFF_GRID])
+def test_both_discrete_decoders_refuse_the_same_off_grid_pixels(what, x):
+    # one check (ddpm_lib.core.likelihood.check_on_pixel_grid) serves the VAE's and the DDPM's decoder
+    with pytest.raises(ValueError, match=r"8-bit grid k / 127\.5 - 1.*to_model") as err:
+        check_on_pixel_grid(x, "my_pixels")
+    assert "my_pixels" in str(err.value)
+    xf = x.float() if x.dtype == torch.uint8 else x
+    with pytest.raises(ValueError, match="discretized_logistic_log_prob: x .*8-bit grid"):
+        discretized_logistic_log_prob(x, torch.zeros_like(xf), torch.zeros_like(xf))
+    x4 = x.reshape(1, 1, 1, -1)
+    with pytest.raises(ValueError, match="decoder_nll: x0 .*8-bit grid"):
+        decoder_nll(x4, torch.zeros_like(x4, dtype=torch.float32), linear_schedule(10))
+
+
+def test_bits_per_dim_has_one_definition():
+    # the VAE chapter's conversion and the DDPM evaluation's (ddpm_lib.evaluation.elbo) are this one function
+    import ddpm_lib.evaluation.elbo as ddpm_elbo
+    import ddpm_lib.models.vae as vae_module
+
+    assert ddpm_elbo.bits_per_dim is bits_per_dim
+    assert not hasattr(vae_module, "bits_per_dim") or vae_module.bits_per_dim is bits_per_dim
+    assert "bits_per_dim" not in vae_module.__all__
+    assert float(bits_per_dim(1.0, 784)) == 1.0 / (784 * math.log(2))  # bit for bit what elbo.py divided by before
+    assert float(bits_per_dim(3072 * math.log(2), num_dims=3072)) == pytest.approx(1.0, rel=1e-15)
 
 
 TINY = VAETrainConfig(model=VAEConfig(latent_dim=4, hidden=(16,)), batch_size=8, checkpoint_every=2)

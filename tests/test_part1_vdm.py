@@ -13,14 +13,15 @@ import sympy as sp
 import torch
 
 from ddpm_lib import Schedule
-from ddpm_lib.checkers import check_telescoping, is_equal_polynomial, telescoping_symbols
-from ddpm_lib.elbo import (ESTIMATORS, LinearGaussianReverse, bridge_mean_var, conditional_mutual_information,
+from ddpm_lib.teaching.checkers import check_telescoping, telescoping_symbols
+from ddpm_lib.teaching.symbolic import is_equal_polynomial
+from ddpm_lib.core import (ESTIMATORS, LinearGaussianReverse, bridge_mean_var, conditional_mutual_information,
                            expected_gaussian_log_prob, forward_trajectory_moments, gaussian_kl, log_q_marginal,
                            log_q_posterior, log_q_step, optimal_linear_reverse, sample_forward_trajectory,
                            vdm_elbo_estimates, vdm_elbo_exact, vdm_log_evidence, vdm_terms_consistency,
                            vdm_terms_consistency_as_printed, vdm_terms_denoising)
-from ddpm_lib.montecarlo import mean_and_stderr
-from ddpm_lib.symbolic import gaussian_logpdf, is_equal
+from ddpm_lib.core.montecarlo import mean_and_stderr
+from ddpm_lib.teaching.symbolic import gaussian_logpdf, is_equal
 
 Z = 5.0
 EXACT = 1e-12

@@ -1,4 +1,4 @@
-"""The learned schedule (ddpm_lib.learned_schedule): SNR(t) = exp(-gamma(t)) with a monotone network.
+"""The learned schedule (ddpm_lib.core.learned_schedule): SNR(t) = exp(-gamma(t)) with a monotone network.
 
 Checks: gamma is strictly increasing with pinned ends for *any* parameter values (the architecture,
 not the training, guarantees it); the discrete schedule is sigmoid(-gamma(i/T)); the continuous-time
@@ -14,14 +14,14 @@ import math
 import pytest
 import torch
 
-from ddpm_lib.learned_schedule import (
+from ddpm_lib.core.learned_schedule import (
     MonotoneGamma,
     alpha_bar_from_gamma,
     continuous_vlb_integrand,
     schedule_from_gamma,
     snr_from_gamma,
 )
-from ddpm_lib.schedules import Schedule
+from ddpm_lib.core.schedules import Schedule
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

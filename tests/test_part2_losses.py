@@ -16,8 +16,8 @@ import math
 import pytest
 import torch
 
-from ddpm_lib.losses import simple_loss, vlb_weight
-from ddpm_lib.schedules import cosine_schedule, linear_schedule
+from ddpm_lib.core.losses import simple_loss, vlb_weight
+from ddpm_lib.core.schedules import cosine_schedule, linear_schedule
 from test_losses import RTOL, kl_per_example, make_case, weight_matches_kl
 
 pytestmark = pytest.mark.usefixtures("single_thread")

@@ -8,7 +8,7 @@
 * the four forms of the posterior mean agree (SymPy), and an unweighted loss on eps / v / score is the
   x0 loss weighted by SNR, 1 + SNR, SNR (1 + SNR) (SymPy, and simple_loss numerically);
 * a v with swapped coefficients does not invert;
-* the DDIM step: the library against its eq. 12 for any eta and any earlier s, and its marginal
+* the DDIM update: the library against its eq. 12 for any eta and any earlier s, and its marginal
   q(x_s | x_0) by Monte Carlo; a planted step without room for its noise fails.
 """
 
@@ -20,13 +20,13 @@ import pytest
 import sympy as sp
 import torch
 
-from ddpm_lib.forward import q_sample
-from ddpm_lib.losses import simple_loss
-from ddpm_lib.parameterizations import eps_from_x0, score_from_eps, target_from_x0_eps, x0_from_v
-from ddpm_lib.samplers import ddim_step
-from ddpm_lib.schedules import cosine_schedule, linear_schedule
-from ddpm_lib.symbolic import is_equal
-from ddpm_lib.toy import GaussianMixture
+from ddpm_lib.core.forward import q_sample
+from ddpm_lib.core.losses import simple_loss
+from ddpm_lib.core.targets import eps_from_x0, score_from_eps, target_from_x0_eps, x0_from_v
+from ddpm_lib.sampling import ddim_update
+from ddpm_lib.core.schedules import cosine_schedule, linear_schedule
+from ddpm_lib.teaching.symbolic import is_equal
+from ddpm_lib.toys.mixture import GaussianMixture
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -107,7 +107,10 @@ def test_target_weights_symbolic():
     assert not is_equal((v_of(X0) - v_of(x0h)) ** 2, snr * sq)
 
 
-@pytest.mark.parametrize("target,weight", [("x0", lambda s: 1 + 0 * s), ("eps", lambda s: s), ("v", lambda s: 1 + s)])
+@pytest.mark.parametrize(
+    "target,weight",
+    [("x0", lambda s: 1 + 0 * s), ("eps", lambda s: s), ("v", lambda s: 1 + s), ("score", lambda s: s * (1 + s))],
+)
 def test_simple_loss_is_the_snr_weighted_x0_error(target, weight):
     gen = torch.Generator().manual_seed(7)
     t = torch.randint(1, 1001, (3000,), generator=gen)
@@ -144,13 +147,13 @@ def ddim_inline(xt, t, s, x0_hat, z, schedule, eta):
 
 
 @pytest.mark.parametrize("eta", [0.0, 0.3, 1.0])
-def test_ddim_step_is_eq_12_for_any_earlier_step(eta):
+def test_ddim_update_is_eq_12_for_any_earlier_step(eta):
     sch = cosine_schedule(1000)
     gen = torch.Generator().manual_seed(9)
     t = torch.randint(2, 1001, (400,), generator=gen)
     s = (t.double() * torch.rand(400, generator=gen, dtype=torch.float64)).long()
     xt, x0_hat, z = (torch.randn(400, 2, generator=gen, dtype=torch.float64) for _ in range(3))
-    got = ddim_step(xt, t, s, x0_hat, z, sch, eta=eta)
+    got = ddim_update(xt, t, s, x0_hat, z, sch, eta=eta)
     assert torch.allclose(got, ddim_inline(xt, t, s, x0_hat, z, sch, eta), rtol=1e-12, atol=1e-12)
 
 
@@ -176,7 +179,7 @@ def marginal_z(step, t: int, s: int, eta: float, n: int = 200_000):
 
 @pytest.mark.parametrize("t,s,eta", [(800, 300, 0.0), (800, 300, 1.0), (400, 399, 0.5)])
 def test_ddim_keeps_the_marginal(t, s, eta):
-    z = marginal_z(lambda *a: ddim_step(*a[:6], eta=a[6]), t, s, eta)
+    z = marginal_z(lambda *a: ddim_update(*a[:6], eta=a[6]), t, s, eta)
     assert max(map(abs, z)) < K_SE, z
 
 

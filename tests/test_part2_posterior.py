@@ -20,10 +20,10 @@ import pytest
 import sympy as sp
 import torch
 
-from ddpm_lib.forward import q_sample, q_step_sample
-from ddpm_lib.posterior import posterior_mean, posterior_variance
-from ddpm_lib.schedules import Schedule, cosine_schedule, linear_schedule
-from ddpm_lib.symbolic import complete_square, gaussian_logpdf, is_equal
+from ddpm_lib.core.forward import q_sample, q_step_sample
+from ddpm_lib.core.posterior import posterior_mean, posterior_variance
+from ddpm_lib.core.schedules import Schedule, cosine_schedule, linear_schedule
+from ddpm_lib.teaching.symbolic import complete_square, gaussian_logpdf, is_equal
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

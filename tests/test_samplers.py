@@ -1,4 +1,9 @@
-"""Samplers (ddpm_lib.samplers): step identities, the shared loop, and an end-to-end Gaussian check.
+"""Samplers (ddpm_lib.sampling): update identities, the step protocol and the shared loop, and an
+end-to-end Gaussian check.
+
+The update formulas (``ddpm_update``, ``ddim_update``) are tested with given noise; the steps
+(``step(denoiser, x, t, t_prev, schedule, generator, state) -> (x_prev, state)``) and ``iterate`` /
+``sample`` through the protocol, with the steps drawing their own noise from the generator.
 
 The end-to-end test uses 1-D Gaussian data N(m, s^2), whose exact denoiser is closed form:
 q(x_t) = N(sqrt(ab) m, ab s^2 + 1 - ab) and E[x_0 | x_t] = m + k_t (x_t - sqrt(ab) m),
@@ -18,17 +23,20 @@ import math
 import pytest
 import torch
 
-from ddpm_lib.samplers import (
+from ddpm_lib.sampling import (
     SamplerState,
     clip_denoiser,
     ddim_step,
     ddim_timesteps,
+    ddim_update,
     ddpm_step,
+    ddpm_update,
     iterate,
     model_denoiser,
     sample,
+    standard_normal,
 )
-from ddpm_lib.schedules import Schedule, cosine_schedule, linear_schedule
+from ddpm_lib.core.schedules import Schedule, cosine_schedule, linear_schedule
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -58,8 +66,8 @@ def test_ddim_eta1_consecutive_is_ddpm_step(schedule):
     t = torch.randint(1, schedule.T + 1, (B,), generator=gen)
     t[0], t[1] = 1, schedule.T
     xt, x0_hat, noise = (torch.randn(B, 1, 2, 2, generator=gen, dtype=torch.float64) for _ in range(3))
-    a = ddpm_step(xt, t, t - 1, x0_hat, noise, schedule)
-    b = ddim_step(xt, t, t - 1, x0_hat, noise, schedule, eta=1.0)
+    a = ddpm_update(xt, t, t - 1, x0_hat, noise, schedule)
+    b = ddim_update(xt, t, t - 1, x0_hat, noise, schedule, eta=1.0)
     # Both are combinations of xt, x0_hat and noise with O(1) coefficients (DDIM's 1/sqrt(1 - ab_t) in
     # eps_hat is multiplied back by sqrt(1 - ab_{t-1} - sigma^2) <= sqrt(1 - ab_t)); the coefficients
     # carry the round-off of 1 - ab (<= 2.2e-16 / min beta ~ 6e-12 relative): 1e-10 of the inputs' size.
@@ -72,7 +80,7 @@ def test_ddpm_step_at_t1_returns_x0_hat():
     gen = torch.Generator().manual_seed(1)
     xt, x0_hat, noise = (torch.randn(4, 3, generator=gen, dtype=torch.float64) for _ in range(3))
     t = torch.ones(4, dtype=torch.long)
-    out = ddpm_step(xt, t, t - 1, x0_hat, noise, schedule)
+    out = ddpm_update(xt, t, t - 1, x0_hat, noise, schedule)
     # tilde_beta_1 = 0 exactly and c_xt(1) = 0 exactly; c_x0(1) = 1 up to 1.1e-16 / beta_1 (see test_posterior)
     assert torch.allclose(out, x0_hat, rtol=1.1e-16 / schedule.beta[1].item() + 4 * EPS64, atol=0.0)
 
@@ -87,28 +95,68 @@ def test_float32_last_ddpm_step_returns_x0_hat(schedule):
     gen = torch.Generator().manual_seed(13)
     xt, x0_hat, noise = (torch.randn(8, 1, 4, 4, generator=gen) for _ in range(3))
     t = torch.ones(8, dtype=torch.long)
-    out = ddpm_step(xt, t, t - 1, x0_hat, noise, schedule)
+    out = ddpm_update(xt, t, t - 1, x0_hat, noise, schedule)
     assert out.dtype == torch.float32
     tol = 2 * torch.finfo(torch.float32).eps * x0_hat.abs()
     assert bool(((out - x0_hat).abs() <= tol).all()), f"max |out / x0_hat - 1| = {((out - x0_hat) / x0_hat).abs().max().item():.3g}"
 
 
+def identity_denoiser(xt, t):
+    return xt
+
+
 def test_ddpm_step_rejects_skipping():
     schedule = linear_schedule(100)
     x = torch.zeros(2, 3)
-    with pytest.raises(ValueError, match=r"t_prev = t - 1"):
-        ddpm_step(x, torch.tensor([5, 5]), torch.tensor([3, 3]), x, x, schedule)
-    with pytest.raises(ValueError, match=r"t_prev = t - 1"):
-        ddpm_step(x, torch.tensor([5, 5]), torch.tensor([4, 3]), x, x, schedule)
+    for t_prev in (torch.tensor([3, 3]), torch.tensor([4, 3])):
+        with pytest.raises(ValueError, match=r"t_prev = t - 1"):
+            ddpm_update(x, torch.tensor([5, 5]), t_prev, x, x, schedule)
+        with pytest.raises(ValueError, match=r"t_prev = t - 1"):
+            ddpm_step(identity_denoiser, x, torch.tensor([5, 5]), t_prev, schedule)
 
 
 def test_ddim_step_rejects_bad_arguments():
     schedule = linear_schedule(100)
     x = torch.zeros(2, 3)
+    t = torch.tensor([5, 5])
     with pytest.raises(ValueError, match=r"eta must be >= 0"):
-        ddim_step(x, torch.tensor([5, 5]), torch.tensor([4, 4]), x, x, schedule, eta=-0.1)
+        ddim_update(x, t, torch.tensor([4, 4]), x, x, schedule, eta=-0.1)
+    with pytest.raises(ValueError, match=r"eta must be >= 0"):
+        ddim_step(identity_denoiser, x, t, torch.tensor([4, 4]), schedule, eta=-0.1)
     with pytest.raises(ValueError, match=r"t_prev must be smaller"):
-        ddim_step(x, torch.tensor([5, 5]), torch.tensor([5, 4]), x, x, schedule)
+        ddim_update(x, t, torch.tensor([5, 4]), x, x, schedule)
+    with pytest.raises(ValueError, match=r"t_prev must be smaller"):
+        ddim_step(identity_denoiser, x, t, torch.tensor([5, 4]), schedule)
+    # eta > 0 adds noise: the formula needs it given
+    with pytest.raises(ValueError, match=r"noise"):
+        ddim_update(x, t, torch.tensor([4, 4]), x, None, schedule, eta=0.5)
+
+
+def test_steps_are_their_update_with_the_generators_noise():
+    """ddpm_step and ddim_step call the denoiser once at (x, t), draw their noise from the generator (only
+    when they need it) and apply their update formula; they carry no state."""
+    schedule = linear_schedule(100)
+    gen = torch.Generator().manual_seed(15)
+    x = torch.randn(3, 1, 2, 2, generator=gen, dtype=torch.float64)
+    t, t_prev = torch.full((3,), 40), torch.full((3,), 39)
+    seen = []
+
+    def denoiser(xt, tt):
+        seen.append((xt, tt))
+        return torch.tanh(xt)
+
+    noise = standard_normal(x, torch.Generator().manual_seed(16))
+    out, state = ddpm_step(denoiser, x, t, t_prev, schedule, torch.Generator().manual_seed(16))
+    assert state is None and len(seen) == 1 and seen[0][0] is x and torch.equal(seen[0][1], t)
+    assert torch.equal(out, ddpm_update(x, t, t_prev, torch.tanh(x), noise, schedule))
+    out, state = ddim_step(denoiser, x, t, torch.full((3,), 10), schedule, torch.Generator().manual_seed(16), eta=0.4)
+    assert state is None and torch.equal(out, ddim_update(x, t, torch.full((3,), 10), torch.tanh(x), noise, schedule, eta=0.4))
+    # eta = 0 draws nothing: the generator is left where it was
+    g = torch.Generator().manual_seed(17)
+    before = g.get_state()
+    out, _ = ddim_step(denoiser, x, t, torch.full((3,), 10), schedule, g)
+    assert torch.equal(g.get_state(), before)
+    assert torch.equal(out, ddim_update(x, t, torch.full((3,), 10), torch.tanh(x), None, schedule))
 
 
 # --- DDIM with eta = 0 --------------------------------------------------------------------------------------
@@ -178,6 +226,34 @@ def test_iterate_yields_T_plus_1_states_ending_at_0():
         assert t.dtype == torch.long and t.shape == (2,) and bool((t == s.t).all())
         assert torch.equal(s.x0_hat, 0.9 * s.xt)
     assert torch.equal(states[-1].xt, states[-1].x0_hat)
+    # one network evaluation per DDPM step, counted after each step; the final state repeats the total
+    assert [s.nfe for s in states] == list(range(1, T + 1)) + [T]
+
+
+def test_iterate_hands_each_step_its_state_and_the_generator():
+    """The loop passes the state a step returned to the next step (None on the first), and the same generator."""
+    schedule = linear_schedule(10, 1e-3, 0.3)
+    gen = torch.Generator().manual_seed(0)
+    seen = []
+
+    def counting_step(denoiser, x, t, t_prev, schedule, generator=None, state=None):
+        seen.append((int(t[0]), int(t_prev[0]), state, generator))
+        return denoiser(x, t), (0 if state is None else state + 1)
+
+    states = list(iterate(lambda xt, t: xt - 1, schedule, counting_step, torch.zeros(2, 1), [10, 7, 3], gen))
+    assert [(a, b, c) for a, b, c, _ in seen] == [(10, 7, None), (7, 3, 0), (3, 0, 1)]
+    assert all(g is gen for *_, g in seen)
+    assert [s.t for s in states] == [10, 7, 3, 0] and torch.equal(states[-1].xt, torch.full((2, 1), -3.0))
+
+
+def test_iterate_refuses_a_step_that_never_calls_the_denoiser():
+    schedule = linear_schedule(10, 1e-3, 0.3)
+
+    def lazy_step(denoiser, x, t, t_prev, schedule, generator=None, state=None):
+        return x, None
+
+    with pytest.raises(RuntimeError, match=r"without calling the denoiser"):
+        list(iterate(lambda xt, t: xt, schedule, lazy_step, torch.zeros(2, 1), [10, 5]))
 
 
 def test_iterate_with_strided_timesteps():
@@ -249,11 +325,16 @@ def test_iterate_draws_noise_on_the_generators_device(monkeypatch, step):
 
 
 def test_generate_images_progress_bar(capsys):
-    """generate_images shows a bar over batches x steps only when asked; the images do not change."""
+    """generate_images shows a bar over batches (with the network evaluations so far) only when asked;
+    the images do not change."""
     from ddpm_lib.checkpoint import LoadedModel
-    from ddpm_lib.evaluation import generate_images
+    from ddpm_lib.sampling import generate_images
 
     class ZeroNet(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.unused = torch.nn.Parameter(torch.zeros(()))  # generate_images runs where the parameters are
+
         def forward(self, xt, t):
             return torch.zeros_like(xt)
 
@@ -262,8 +343,11 @@ def test_generate_images_progress_bar(capsys):
     assert capsys.readouterr().err == ""
     shown = generate_images(loaded, 3, "ddim", steps=4, batch_size=2, progress=True)
     err = capsys.readouterr().err
-    assert "sample ddim" in err and "8/8" in err, err  # 2 batches x 4 steps
+    assert "sample ddim" in err and "2/2" in err and "nfe=4" in err, err  # 2 batches of 4 DDIM steps
     assert torch.equal(quiet, shown) and shown.shape == (3, 28, 28) and shown.dtype == torch.uint8
+    # heun: 2 evaluations per step but the last, 2 * 4 - 1 = 7
+    generate_images(loaded, 3, "heun", steps=4, batch_size=2, progress=True)
+    assert "nfe=7" in capsys.readouterr().err
 
 
 def test_ddpm_cannot_run_strided_timesteps():
@@ -308,7 +392,7 @@ def test_ddim_timesteps_rejects_bad_steps(steps):
 # --- denoiser wrappers ----------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("target", ["eps", "x0", "v"])
+@pytest.mark.parametrize("target", ["eps", "x0", "v", "score"])
 def test_model_denoiser_recovers_x0_from_a_perfect_model(target):
     """A 'network' that outputs the exact target for point-mass data gives back x0 for each target."""
     schedule = linear_schedule(1000)
@@ -321,10 +405,11 @@ def test_model_denoiser_recovers_x0_from_a_perfect_model(target):
     xt = a * x0 + s * eps
 
     def model(xt_in, t_in):
-        return {"eps": (xt_in - a * x0) / s, "x0": x0, "v": a * eps - s * x0}[target]
+        return {"eps": (xt_in - a * x0) / s, "x0": x0, "v": a * eps - s * x0, "score": -(xt_in - a * x0) / s**2}[target]
 
     x0_hat = model_denoiser(model, schedule, target)(xt, t)
-    # eps -> x0 divides by sqrt(ab_T) ~ 6e-3 (a ~170x amplification of ulp-level errors); 1e-11 absolute
+    # eps -> x0 divides by sqrt(ab_T) ~ 6e-3 (a ~170x amplification of ulp-level errors), and so does the
+    # score (-sqrt(1 - ab) score is eps, no further division); 1e-11 absolute
     assert torch.allclose(x0_hat, x0, rtol=0.0, atol=1e-11)
 
 
@@ -391,12 +476,13 @@ def check_gaussian_sampling(step, schedule: Schedule, seed: int) -> tuple[bool, 
     return ok, f"mean {m_hat:.4f} (allowed {M} +- {tol_mean:.4f}), variance {v_hat:.4f} (allowed {S**2} +- {tol_var:.4f})"
 
 
-def wrong_ddpm_step_variance_as_std(xt, t, t_prev, x0_hat, noise, schedule, previous=None):
-    """Planted mistake: scales the noise by tilde_beta_t (a variance) instead of its square root."""
+def wrong_ddpm_step_variance_as_std(denoiser, xt, t, t_prev, schedule, generator=None, state=None):
+    """Planted mistake, a step of the protocol: scales the noise by tilde_beta_t (a variance) instead of its square root."""
+    x0_hat, noise = denoiser(xt, t), standard_normal(xt, generator)
     c0 = schedule.alpha_bar[t - 1].sqrt() * schedule.beta[t] / (1 - schedule.alpha_bar[t])
     c1 = (1 - schedule.beta[t]).sqrt() * (1 - schedule.alpha_bar[t - 1]) / (1 - schedule.alpha_bar[t])
     tb = schedule.posterior_variance[t]
-    return c0.reshape(-1, 1) * x0_hat + c1.reshape(-1, 1) * xt + tb.reshape(-1, 1) * noise
+    return c0.reshape(-1, 1) * x0_hat + c1.reshape(-1, 1) * xt + tb.reshape(-1, 1) * noise, None
 
 
 SCHED_T100 = linear_schedule(100, 1e-3, 0.2)  # DDPM's linear schedule rescaled to T = 100 (betas x 10)
@@ -439,9 +525,23 @@ def test_gaussian_check_rejects_variance_as_std():
 
 def test_sampler_plan_refuses_zero_steps_instead_of_defaulting():
     # `steps or 50` once turned steps = 0 into 50 steps, silently
-    from ddpm_lib.samplers import sampler_plan
+    from ddpm_lib.sampling import sampler_plan
 
-    for name in ("ddim", "ddpm-strided", "dpm-solver-2m"):
+    for name in ("ddim", "ddpm-strided", "dpm-solver-2m", "heun"):
         with pytest.raises(ValueError, match="must be in 1..T"):
             sampler_plan(name, 100, steps=0)
         assert len(sampler_plan(name, 100)[1]) == 50  # None still means the default of 50
+
+
+def test_sampler_plan_names_its_steps():
+    from ddpm_lib.sampling import SAMPLERS, dpm_solver_2m_step, heun_step, sampler_plan
+
+    assert set(SAMPLERS) == {"ddpm", "ddpm-strided", "ddim", "dpm-solver-2m", "heun"}
+    assert sampler_plan("ddpm", 20) == (ddpm_step, list(range(20, 0, -1)))
+    assert sampler_plan("heun", 100, 8) == (heun_step, ddim_timesteps(100, 8))
+    assert sampler_plan("dpm-solver-2m", 100, 8)[0] is dpm_solver_2m_step
+    ddim, strided = sampler_plan("ddim", 100, 8, eta=0.3)[0], sampler_plan("ddpm-strided", 100, 8, eta=0.3)[0]
+    assert ddim.func is ddim_step and ddim.keywords == {"eta": 0.3}
+    assert strided.func is ddim_step and strided.keywords == {"eta": 1.0}  # ignores eta
+    with pytest.raises(ValueError, match="unknown sampler"):
+        sampler_plan("euler", 100, 8)

@@ -7,10 +7,10 @@ import sympy as sp
 import torch
 
 from ddpm_lib import linear_schedule
-from ddpm_lib.montecarlo import mean_and_stderr, within_clt
-from ddpm_lib.symbolic import (VacuousCheckError, complete_square, equal_at_random_points, gaussian_logpdf, is_equal, kl_gaussian,
+from ddpm_lib.core.montecarlo import mean_and_stderr, within_clt
+from ddpm_lib.teaching.symbolic import (VacuousCheckError, complete_square, equal_at_random_points, gaussian_logpdf, is_equal, kl_gaussian,
                                kl_gaussian_diag, refuse_vacuous)
-from ddpm_lib.toy import GaussianMixture
+from ddpm_lib.toys.mixture import GaussianMixture
 
 x, m, m2 = sp.symbols("x m m2", real=True)
 v, v2 = sp.symbols("v v2", positive=True)

@@ -1,4 +1,4 @@
-"""ddpm_lib.toy_models: the small MLP denoiser of the chapters kl_to_mse and parameterizations."""
+"""ddpm_lib.models.mlp: the small MLP denoiser of the chapters kl_to_mse and parameterizations."""
 
 import math
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from ddpm_lib.toy_models import ToyDenoiser
+from ddpm_lib.models.mlp import ToyDenoiser
 
 
 def test_shapes_dtypes_and_configuration():

@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import math
 import os
 
 import numpy as np
@@ -10,9 +11,9 @@ import torch
 
 from ddpm_lib.__main__ import main
 from ddpm_lib.checkpoint import load_model, read_checkpoint, save_checkpoint
-from ddpm_lib.schedules import linear_schedule
+from ddpm_lib.core.schedules import linear_schedule
 from ddpm_lib.training import CHECKPOINT_NAME, PRESETS, TrainConfig, train
-from ddpm_lib.unet import UNet, UNetConfig
+from ddpm_lib.models.unet import UNet, UNetConfig
 
 TINY = TrainConfig(
     model=UNetConfig(channels=(8, 16), num_res_blocks=1, attention_heads=2),
@@ -109,7 +110,11 @@ def test_architecture_mismatch_names_the_keys(tmp_path, images):
 
 def test_bad_train_config_raises():
     with pytest.raises(ValueError, match="target"):
-        dataclasses.replace(TINY, target="score")
+        dataclasses.replace(TINY, target="noise")
+    with pytest.raises(ValueError, match="label_dropout"):
+        dataclasses.replace(TINY, label_dropout=1.0)
+    with pytest.raises(ValueError, match="conditional model"):
+        dataclasses.replace(TINY, label_dropout=0.1)  # TINY's U-Net has no labels
     with pytest.raises(ValueError, match="loss"):
         dataclasses.replace(TINY, loss="l1")
     with pytest.raises(ValueError, match="batch_size"):
@@ -209,7 +214,7 @@ def test_resume_past_the_steps_asked_for_is_refused(tmp_path, images):
 
 
 def test_samples_are_drawn_on_resume_when_a_kill_left_none(tmp_path, images, monkeypatch):
-    import ddpm_lib.training as training
+    import ddpm_lib.training.ddpm as training
 
     def killed(*args, **kwargs):
         raise KeyboardInterrupt("killed while drawing samples.png")
@@ -316,7 +321,7 @@ def test_checkpoints_get_the_umask_mode(tmp_path, umask):
 
 
 def test_pick_device_names_the_accepted_devices():
-    from ddpm_lib.training import pick_device
+    from ddpm_lib.devices import pick_device
 
     assert pick_device("cpu") == torch.device("cpu")
     for bad in ("tpu", "gpu", "cuda1", "cuda:x", ""):
@@ -328,3 +333,76 @@ def test_pick_device_names_the_accepted_devices():
     else:
         with pytest.raises(RuntimeError, match=r"CUDA device\(s\)"):
             pick_device(f"cuda:{torch.cuda.device_count()}")
+
+
+# --- labels end to end, and no hidden state ------------------------------------------------------------------
+
+COND = dataclasses.replace(TINY, model=UNetConfig(channels=(8, 16), num_res_blocks=1, attention_heads=2, num_classes=10),
+                           label_dropout=0.25)
+
+
+def test_drop_labels_rate_and_identity():
+    from ddpm_lib.training import drop_labels
+
+    y = torch.arange(10).repeat(2000)
+    gen = torch.Generator().manual_seed(0)
+    state = gen.get_state()
+    assert drop_labels(y, 0.0, 10, gen) is y and torch.equal(gen.get_state(), state)  # p = 0: untouched, no draws
+    out = drop_labels(y, 0.25, 10, gen)
+    dropped = out == 10
+    assert torch.equal(out[~dropped], y[~dropped])  # kept labels are unchanged
+    # 20,000 Bernoulli(0.25) draws: sd of the rate 0.0031; 5 sd
+    assert abs(float(dropped.double().mean()) - 0.25) < 5 * math.sqrt(0.25 * 0.75 / y.numel())
+
+
+def test_batch_loss_hands_the_labels_to_the_network():
+    from ddpm_lib.training import batch_loss
+
+    seen = {}
+
+    def net(xt, t, y=None):
+        seen["y"] = y
+        return torch.zeros_like(xt)
+
+    x0 = torch.zeros(3, 1, 28, 28)
+    t = torch.tensor([1, 2, 3])
+    y = torch.tensor([4, 10, 7])
+    batch_loss(net, x0, t, torch.randn_like(x0), TINY, y=y)
+    assert torch.equal(seen["y"], y)
+    batch_loss(net, x0, t, torch.randn_like(x0), TINY)
+    assert seen["y"] is None
+
+
+def test_conditional_training_needs_labels_and_uses_them(tmp_path, images):
+    with pytest.raises(ValueError, match="labels of shape"):
+        train(COND, tmp_path / "none", steps=1, images=images, progress=False)
+    labels = torch.arange(images.shape[0]) % 10
+    a = train(COND, tmp_path / "a", steps=2, images=images, labels=labels, progress=False)
+    b = train(COND, tmp_path / "b", steps=2, images=images, labels=(labels + 1) % 10, progress=False)
+    # other labels, otherwise the same run: the weights differ, so the labels reached the network
+    wa, wb = read_checkpoint(a).prefixed("model"), read_checkpoint(b).prefixed("model")
+    assert any(not torch.equal(wa[k], wb[k]) for k in wa)
+    assert load_model(a).model.config.num_classes == 10
+
+
+def test_conditional_run_resumes_exactly(tmp_path, images):
+    labels = torch.arange(images.shape[0]) % 10
+    whole = train(COND, tmp_path / "whole", steps=4, images=images, labels=labels, progress=False)
+    train(COND, tmp_path / "parts", steps=2, images=images, labels=labels, progress=False)
+    parts = train(COND, tmp_path / "parts", steps=4, images=images, labels=labels, progress=False)
+    wa, wb = read_checkpoint(whole).prefixed("model"), read_checkpoint(parts).prefixed("model")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_train_leaves_the_callers_global_generator_alone(tmp_path, images):
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    train(TINY, tmp_path, steps=1, images=images, progress=False)
+    assert torch.equal(torch.get_rng_state(), before)
+
+
+def test_resume_compares_the_schedule_through_the_config(tmp_path, images):
+    train(TINY, tmp_path, steps=1, images=images, progress=False)
+    other = dataclasses.replace(TINY, schedule=linear_schedule(50, beta_end=0.03))
+    with pytest.raises(ValueError, match="train.schedule"):
+        train(other, tmp_path, steps=2, images=images, progress=False)

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from ddpm_lib.unet import UNet, UNetConfig, timestep_embedding
+from ddpm_lib.models.unet import UNet, UNetConfig, timestep_embedding
 
 SMALL = UNetConfig(channels=(8, 16), num_res_blocks=1, attention_heads=2)
 

@@ -1,4 +1,6 @@
-"""The schedule explorer (ddpm_lib.widgets) draws every schedule kind and reports bad parameters as a message."""
+"""The schedule explorer (ddpm_lib.teaching.widgets) draws every schedule kind and reports bad parameters as a message."""
+
+import inspect
 
 import matplotlib
 
@@ -8,7 +10,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from ddpm_lib.widgets import SCHEDULE_KINDS, make_schedule, plot_schedule, schedule_explorer  # noqa: E402
+from ddpm_lib.core.schedules import cosine_schedule, linear_schedule, sigmoid_schedule  # noqa: E402
+from ddpm_lib.teaching.widgets import SCHEDULE_KINDS, make_schedule, plot_schedule, schedule_explorer  # noqa: E402
 
 
 @pytest.fixture
@@ -82,3 +85,25 @@ def test_schedule_explorer_builds_and_updates(digit, capsys):
         kinds[0].value = kind
     with pytest.raises(ValueError, match="T must be an integer"):
         schedule_explorer(image=digit, T=0)
+
+
+@pytest.mark.parametrize("kind, constructor", [("linear", linear_schedule), ("cosine", cosine_schedule), ("sigmoid", sigmoid_schedule)])
+def test_defaults_are_the_schedule_constructors_defaults(kind, constructor):
+    # make_schedule, plot_schedule and the sliders take their defaults from the constructors' signatures
+    assert torch.equal(make_schedule(kind).beta, constructor().beta)
+    for fn in (make_schedule, plot_schedule):
+        params = inspect.signature(fn).parameters
+        for name, p in inspect.signature(constructor).parameters.items():
+            if name in params and name != "T":
+                assert params[name].default == p.default, (fn.__name__, name)
+
+
+def test_sliders_start_at_the_constructors_defaults(digit):
+    pytest.importorskip("ipywidgets")
+    w = schedule_explorer(image=digit, T=50)
+    start = {c.description.split(" ")[0]: c.value for c in w.children if hasattr(c, "value")}
+    for constructor in (linear_schedule, cosine_schedule, sigmoid_schedule):
+        for name, p in inspect.signature(constructor).parameters.items():
+            if name in start:
+                assert start[name] == pytest.approx(p.default, rel=1e-12), name
+    assert {"beta_start", "beta_end", "s", "start", "end", "tau"} <= set(start)

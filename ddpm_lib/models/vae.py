@@ -27,21 +27,27 @@ is an upper bound on the model's negative log-likelihood of the 8-bit image, in 
 
 Layout: :class:`VAEConfig` and :class:`VAE` (only a network) and the pure functions
 :func:`reparameterize`, :func:`kl_diag_gaussian_to_standard_normal`,
-:func:`discretized_logistic_log_prob`, :func:`elbo_terms`, :func:`bits_per_dim`; this module
-imports no other ddpm_lib module. Training is ``ddpm_lib.training.train_vae`` (with
+:func:`discretized_logistic_log_prob` and :func:`elbo_terms`. The pixel grid, its bin width and the
+conversion to bits/dim are shared with the DDPM's decoder and live in :mod:`ddpm_lib.core.likelihood`
+(``check_on_pixel_grid``, ``BIN_WIDTH``, ``bits_per_dim``); this module imports nothing else of
+ddpm_lib but :mod:`ddpm_lib.core` and the config helper :mod:`ddpm_lib.models.config`. Training is ``ddpm_lib.training.train_vae`` (with
 ``VAETrainConfig``), evaluation ``ddpm_lib.evaluation.evaluate_vae``, loading
 ``ddpm_lib.checkpoint.load_vae`` (the shipped weights are ``load_vae("vae-mnist")``).
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ..core.likelihood import BIN_WIDTH, check_on_pixel_grid
+from ..core.likelihood import bits_per_dim  # noqa: F401  TRANSITIONAL, not in __all__: delete this line once
+# ddpm_lib/training/vae.py, tests/test_part1_prose_numbers.py and notebooks/vae.ipynb import it from ddpm_lib.core.likelihood
+from .config import DictConfig
 
 __all__ = [
     "VAEConfig",
@@ -51,21 +57,20 @@ __all__ = [
     "kl_diag_gaussian_to_standard_normal",
     "discretized_logistic_log_prob",
     "elbo_terms",
-    "bits_per_dim",
     "NUM_PIXELS",
-    "HALF_BIN",
 ]
 
 NUM_PIXELS = 28 * 28
-HALF_BIN = 1.0 / 255.0
-"""Half the width of one pixel bin in model range: neighbouring values ``k/127.5 - 1`` are ``2/255`` apart."""
+"""Pixels of one image (28 x 28 MNIST): the width of the encoder's input and of the decoder's output."""
+
+_HALF_BIN = BIN_WIDTH / 2  # 1/255: half the distance between neighbouring pixel values k/127.5 - 1
 
 
 # --- the network -------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
-class VAEConfig:
+class VAEConfig(DictConfig):
     """The VAE's architecture.
 
     Attributes:
@@ -73,6 +78,8 @@ class VAEConfig:
         hidden: widths of the hidden layers of the encoder (the decoder mirrors them).
         min_log_scale: lower clamp of the decoder's log-scale (the logistic's ``log s``), which
             keeps the likelihood finite early in training (Salimans et al. 2017 use -7).
+
+    ``to_dict``/``from_dict`` (:class:`~ddpm_lib.models.config.DictConfig`) give its JSON form in checkpoints.
 
     Raises:
         ValueError: for a non-positive size.
@@ -86,15 +93,6 @@ class VAEConfig:
         object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
         if self.latent_dim < 1 or not self.hidden or min(self.hidden) < 1:
             raise ValueError(f"VAEConfig needs latent_dim >= 1 and positive hidden widths, got {self}.")
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["hidden"] = list(self.hidden)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "VAEConfig":
-        return cls(latent_dim=int(d["latent_dim"]), hidden=tuple(d["hidden"]), min_log_scale=float(d["min_log_scale"]))
 
 
 def _mlp(widths: list[int]) -> nn.Sequential:
@@ -187,15 +185,6 @@ def kl_diag_gaussian_to_standard_normal(mean: torch.Tensor, logvar: torch.Tensor
     return 0.5 * (torch.exp(logvar) + mean**2 - 1.0 - logvar).sum(dim=1)
 
 
-def _check_on_pixel_grid(x: torch.Tensor) -> None:
-    k = (x.detach() + 1.0) * 127.5
-    if bool((x.detach().abs() > 1.0 + 1e-6).any()) or bool(((k - k.round()).abs() > 1e-3).any()):
-        raise ValueError(
-            "discretized_logistic_log_prob: x must be 8-bit pixels in model range, k / 127.5 - 1 for k in 0..255; "
-            "convert uint8 images with ddpm_lib.data.to_model."
-        )
-
-
 def discretized_logistic_log_prob(x: torch.Tensor, loc: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
     """Log-probability (nats) of each 8-bit pixel under a logistic discretized to the 256 pixel bins.
 
@@ -214,16 +203,16 @@ def discretized_logistic_log_prob(x: torch.Tensor, loc: torch.Tensor, log_scale:
         Per-pixel log-probabilities (nats, at most 0), of ``x``'s shape.
 
     Raises:
-        ValueError: if the shapes differ, or ``x`` is not on the grid ``k/127.5 - 1`` (use
-            ``ddpm_lib.data.to_model`` on uint8 images).
+        ValueError: if the shapes differ, or ``x`` is not on the grid ``k/127.5 - 1``
+            (``ddpm_lib.core.likelihood.check_on_pixel_grid``; use ``ddpm_lib.data.to_model`` on uint8 images).
     """
     if not (x.shape == loc.shape == log_scale.shape):
         raise ValueError(f"discretized_logistic_log_prob: x {tuple(x.shape)}, loc {tuple(loc.shape)} and log_scale {tuple(log_scale.shape)} must match.")
-    _check_on_pixel_grid(x)
+    check_on_pixel_grid(x, "discretized_logistic_log_prob: x")
     centered = x - loc
     inv_s = torch.exp(-log_scale)
-    plus_in = inv_s * (centered + HALF_BIN)
-    min_in = inv_s * (centered - HALF_BIN)
+    plus_in = inv_s * (centered + _HALF_BIN)
+    min_in = inv_s * (centered - _HALF_BIN)
     log_cdf_plus = F.logsigmoid(plus_in)            # log F(x + 1/255): the mass of bin 0
     log_sf_min = F.logsigmoid(-min_in)              # log (1 - F(x - 1/255)): the mass of bin 255
     # interior bins: F(x + 1/255) - F(x - 1/255), computed in the tail where it does not cancel:
@@ -232,7 +221,7 @@ def discretized_logistic_log_prob(x: torch.Tensor, loc: torch.Tensor, log_scale:
     left = log_cdf_plus + torch.log((-torch.expm1(F.logsigmoid(min_in) - log_cdf_plus)).clamp(min=tiny))
     right = log_sf_min + torch.log((-torch.expm1(F.logsigmoid(-plus_in) - log_sf_min)).clamp(min=tiny))
     log_inner = torch.where(centered < 0, left, right)
-    return torch.where(x < -1.0 + HALF_BIN, log_cdf_plus, torch.where(x > 1.0 - HALF_BIN, log_sf_min, log_inner))
+    return torch.where(x < -1.0 + _HALF_BIN, log_cdf_plus, torch.where(x > 1.0 - _HALF_BIN, log_sf_min, log_inner))
 
 
 class ELBOTerms(NamedTuple):
@@ -266,26 +255,3 @@ def elbo_terms(model: VAE, x: torch.Tensor, eps: torch.Tensor) -> ELBOTerms:
     kl = kl_diag_gaussian_to_standard_normal(mean, logvar)
     return ELBOTerms(reconstruction, kl, reconstruction - kl)
 
-
-def bits_per_dim(nats_per_image: torch.Tensor | float, num_dims: int = NUM_PIXELS) -> torch.Tensor:
-    """Convert a negative log-likelihood (or a negative ELBO) from nats per image to bits per dimension.
-
-    :math:`\\text{bits/dim} = \\text{nats} / (D \\ln 2)` with ``D = num_dims`` (784 for MNIST); book
-    eq. ``vae-bits-per-dim``. Pass :math:`-\\mathrm{ELBO}` (a positive number) to get an upper bound on
-    the negative log-likelihood in bits/dim.
-
-    Args:
-        nats_per_image: a tensor of any shape, or a Python number (taken as a float64 0-d tensor).
-        num_dims: the number of dimensions ``D`` of one image.
-
-    Returns:
-        A tensor of the input's shape (0-d for a number) and dtype (float64 for a number); use
-        ``float(...)`` for a Python number.
-
-    Raises:
-        ValueError: if ``num_dims < 1``.
-    """
-    if num_dims < 1:
-        raise ValueError(f"bits_per_dim: num_dims must be >= 1, got {num_dims}.")
-    nats = nats_per_image if isinstance(nats_per_image, torch.Tensor) else torch.tensor(float(nats_per_image), dtype=torch.float64)
-    return nats / (num_dims * math.log(2.0))

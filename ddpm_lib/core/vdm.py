@@ -1,22 +1,16 @@
-"""Evidence lower bounds in closed form: a linear-Gaussian latent model and a 1-D variational diffusion model.
+"""A 1-D variational diffusion model whose every ELBO term is closed-form (chapter "Hierarchical VAEs to the VDM").
 
-Core math (torch only), float64 throughout so that the book's identities hold to round-off.
-
-* **Linear-Gaussian latent model** (book chapter "The evidence lower bound"):
-  :math:`p(z) = \\mathcal N(0, I_k)`, :math:`p(x \\mid z) = \\mathcal N(Wz + b, \\sigma^2 I_d)`. Its
-  evidence :math:`\\log p(x)` and posterior :math:`p(z \\mid x)` are Gaussian and closed-form (Tipping &
-  Bishop's probabilistic PCA), so the identity :math:`\\log p(x) = \\mathrm{ELBO} + D_\\mathrm{KL}(q\\,\\|\\,p(z\\mid x))`
-  (book eq. ``elbo-identity``) can be checked to float64 precision for any Gaussian :math:`q`.
-* **1-D variational diffusion model** (book chapter "Hierarchical VAEs to the variational diffusion
-  model"): the forward chain :math:`q(x_t \\mid x_{t-1}) = \\mathcal N(\\sqrt{\\alpha_t}x_{t-1}, 1 - \\alpha_t)`
-  of a :class:`~ddpm_lib.schedules.Schedule` with small ``T``, and a reverse model whose every
-  conditional is a linear Gaussian, :math:`p_\\theta(x_{t-1} \\mid x_t) = \\mathcal N(a_t x_t + c_t, v_t)`,
-  :math:`p(x_T) = \\mathcal N(m_T, v_T)` (:class:`LinearGaussianReverse`). Given :math:`x_0` the
-  trajectory :math:`x_{1:T}` is jointly Gaussian, so every term of the ELBO, in the form with
-  consistency terms (Luo 2022, eq. 45, corrected: book eq. ``vdm-elbo-consistency``) and in the form
-  with denoising-matching terms (Luo 2022, eq. 58; book eq. ``vdm-elbo-denoising``), is a closed-form
-  Gaussian expectation. :func:`vdm_elbo_estimates` gives the one-sample Monte Carlo estimators of
-  each form, whose variances the chapter compares.
+Core math (torch only), float64 throughout so that the book's identities hold to round-off. The forward
+chain :math:`q(x_t \\mid x_{t-1}) = \\mathcal N(\\sqrt{\\alpha_t}x_{t-1}, 1 - \\alpha_t)` of a
+:class:`~ddpm_lib.core.schedules.Schedule` with small ``T``, and a reverse model whose every conditional is
+a linear Gaussian, :math:`p_\\theta(x_{t-1} \\mid x_t) = \\mathcal N(a_t x_t + c_t, v_t)`,
+:math:`p(x_T) = \\mathcal N(m_T, v_T)` (:class:`LinearGaussianReverse`). Given :math:`x_0` the trajectory
+:math:`x_{1:T}` is jointly Gaussian, so every term of the ELBO, in the form with consistency terms (Luo
+2022, eq. 45, corrected: book eq. ``vdm-elbo-consistency``) and in the form with denoising-matching terms
+(Luo 2022, eq. 58; book eq. ``vdm-elbo-denoising``), is a closed-form Gaussian expectation.
+:func:`vdm_elbo_estimates` gives the one-sample Monte Carlo estimators of each form, whose variances the
+chapter compares. (The linear-Gaussian latent model of the chapter "The evidence lower bound" is
+:class:`ddpm_lib.toys.LinearGaussianModel`; the two Gaussian facts both use are :mod:`ddpm_lib.core.gaussian`.)
 
 Variances are always called ``var``; a standard deviation is never passed where a variance belongs.
 """
@@ -28,20 +22,21 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
-from torch.distributions import MultivariateNormal, Normal, kl_divergence
+from torch.distributions import Normal
 
 from .forward import q_step_sample
+from .gaussian import as_float64 as _f64
+from .gaussian import check_variance as _check_var
+from .gaussian import expected_gaussian_log_prob, gaussian_kl
 from .posterior import posterior_mean_coefs
 from .schedules import Schedule
 
 __all__ = [
-    "gaussian_kl",
-    "expected_gaussian_log_prob",
-    "LinearGaussianModel",
     "LinearGaussianReverse",
     "optimal_linear_reverse",
     "forward_trajectory_moments",
     "sample_forward_trajectory",
+    "bridge_coefs",
     "bridge_mean_var",
     "conditional_mutual_information",
     "log_q_step",
@@ -57,174 +52,8 @@ __all__ = [
     "ESTIMATORS",
 ]
 
+
 _F64 = torch.float64
-
-
-def _f64(x) -> torch.Tensor:
-    return torch.as_tensor(x, dtype=_F64)
-
-
-def _check_var(name: str, var: torch.Tensor) -> None:
-    if bool((var <= 0).any()) or not bool(torch.isfinite(var).all()):
-        raise ValueError(f"{name} must be a positive, finite variance (not a log-variance), got {var}.")
-
-
-# --- two Gaussian facts ------------------------------------------------------------------------
-
-
-def gaussian_kl(mean1, var1, mean2, var2) -> torch.Tensor:
-    """:math:`D_\\mathrm{KL}(\\mathcal N(\\mu_1, v_1)\\,\\|\\,\\mathcal N(\\mu_2, v_2))` in nats, elementwise (1-D Gaussians).
-
-    :math:`\\tfrac12\\big(\\log(v_2/v_1) + (v_1 + (\\mu_1 - \\mu_2)^2)/v_2 - 1\\big)`: Kingma & Welling
-    (2014), App. B; book eq. ``vae-kl-1d``. Arguments broadcast; ``var1`` and ``var2`` are
-    **variances**.
-
-    Raises:
-        ValueError: if a variance is not positive.
-    """
-    mean1, var1, mean2, var2 = map(_f64, (mean1, var1, mean2, var2))
-    _check_var("gaussian_kl: var1", var1)
-    _check_var("gaussian_kl: var2", var2)
-    return 0.5 * (torch.log(var2 / var1) + (var1 + (mean1 - mean2) ** 2) / var2 - 1.0)
-
-
-def expected_gaussian_log_prob(resid_mean, resid_var, var) -> torch.Tensor:
-    """:math:`\\mathbb E[\\log \\mathcal N(r; 0, v)]` for a Gaussian residual :math:`r \\sim \\mathcal N(m_r, v_r)`, in nats.
-
-    :math:`-\\tfrac12\\log(2\\pi v) - (v_r + m_r^2)/(2v)`, because :math:`\\mathbb E[r^2] = v_r + m_r^2`
-    (book eq. ``vdm-expected-log-gauss``). Used with :math:`r = y - a z - c` for jointly Gaussian
-    :math:`(y, z)`, it gives :math:`\\mathbb E[\\log \\mathcal N(y; az + c, v)]`. Arguments broadcast.
-
-    Raises:
-        ValueError: if ``var`` is not positive or ``resid_var`` is negative.
-    """
-    resid_mean, resid_var, var = map(_f64, (resid_mean, resid_var, var))
-    _check_var("expected_gaussian_log_prob: var", var)
-    if bool((resid_var < 0).any()):
-        raise ValueError(f"expected_gaussian_log_prob: resid_var is a variance and must be >= 0, got {resid_var}.")
-    return -0.5 * torch.log(2 * math.pi * var) - (resid_var + resid_mean**2) / (2 * var)
-
-
-# --- the linear-Gaussian latent model ----------------------------------------------------------
-
-
-@dataclass(frozen=True, eq=False)
-class LinearGaussianModel:
-    """:math:`p(z) = \\mathcal N(0, I_k)`, :math:`p(x \\mid z) = \\mathcal N(Wz + b, \\sigma^2 I_d)`: a latent model with an exact posterior.
-
-    Book eq. ``elbo-lg-model``; the probabilistic PCA model of Tipping & Bishop (1999).
-
-    Attributes:
-        weight: :math:`W`, shape ``(d, k)``.
-        bias: :math:`b`, shape ``(d,)``.
-        noise_var: :math:`\\sigma^2 > 0`, the **variance** of the observation noise.
-
-    All tensors are float64. Data ``x`` have shape ``(..., d)``; latents ``z`` shape ``(..., k)``.
-
-    Raises:
-        ValueError: for mismatched shapes or a non-positive ``noise_var``.
-    """
-
-    weight: torch.Tensor
-    bias: torch.Tensor
-    noise_var: float
-
-    def __post_init__(self) -> None:
-        w = _f64(self.weight)
-        if w.ndim == 1:
-            w = w[:, None]
-        b = _f64(self.bias).reshape(-1)
-        if w.ndim != 2 or b.shape != (w.shape[0],):
-            raise ValueError(f"LinearGaussianModel: weight must be (d, k) and bias (d,), got {tuple(w.shape)} and {tuple(b.shape)}.")
-        if not float(self.noise_var) > 0:
-            raise ValueError(f"LinearGaussianModel: noise_var is a variance and must be > 0, got {self.noise_var}.")
-        object.__setattr__(self, "weight", w)
-        object.__setattr__(self, "bias", b)
-        object.__setattr__(self, "noise_var", float(self.noise_var))
-
-    @property
-    def data_dim(self) -> int:
-        return self.weight.shape[0]
-
-    @property
-    def latent_dim(self) -> int:
-        return self.weight.shape[1]
-
-    def _check_x(self, x: torch.Tensor) -> torch.Tensor:
-        x = _f64(x)
-        if x.shape[-1:] != (self.data_dim,):
-            raise ValueError(f"x must have shape (..., {self.data_dim}), got {tuple(x.shape)}.")
-        return x
-
-    def prior(self) -> MultivariateNormal:
-        """:math:`p(z) = \\mathcal N(0, I_k)`."""
-        k = self.latent_dim
-        return MultivariateNormal(torch.zeros(k, dtype=_F64), torch.eye(k, dtype=_F64))
-
-    def likelihood(self, z: torch.Tensor) -> MultivariateNormal:
-        """:math:`p(x \\mid z) = \\mathcal N(Wz + b, \\sigma^2 I)` for ``z`` of shape ``(..., k)``."""
-        loc = _f64(z) @ self.weight.T + self.bias
-        return MultivariateNormal(loc, self.noise_var * torch.eye(self.data_dim, dtype=_F64))
-
-    def log_joint(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        """:math:`\\log p(x, z) = \\log p(x \\mid z) + \\log p(z)` in nats, shape ``(...)``."""
-        return self.likelihood(z).log_prob(self._check_x(x)) + self.prior().log_prob(_f64(z))
-
-    def marginal(self) -> MultivariateNormal:
-        """:math:`p(x) = \\mathcal N(b, WW^\\top + \\sigma^2 I)`, book eq. ``elbo-lg-evidence``."""
-        cov = self.weight @ self.weight.T + self.noise_var * torch.eye(self.data_dim, dtype=_F64)
-        return MultivariateNormal(self.bias, cov)
-
-    def log_evidence(self, x: torch.Tensor) -> torch.Tensor:
-        """:math:`\\log p(x)` in nats, shape ``(...)`` (book eq. ``elbo-lg-evidence``)."""
-        return self.marginal().log_prob(self._check_x(x))
-
-    def posterior(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The exact posterior :math:`p(z \\mid x) = \\mathcal N(M^{-1}W^\\top(x - b),\\ \\sigma^2 M^{-1})`, :math:`M = W^\\top W + \\sigma^2 I`.
-
-        Book eq. ``elbo-lg-posterior``; Tipping & Bishop (1999), who call :math:`M` the same.
-
-        Returns:
-            ``(mean, cov)``: ``(..., k)`` and ``(k, k)`` (the posterior covariance does not depend on ``x``).
-        """
-        x = self._check_x(x)
-        k = self.latent_dim
-        m = self.weight.T @ self.weight + self.noise_var * torch.eye(k, dtype=_F64)
-        m_inv = torch.linalg.inv(m)
-        mean = (x - self.bias) @ self.weight @ m_inv.T
-        return mean, self.noise_var * m_inv
-
-    def reconstruction(self, x: torch.Tensor, q_mean: torch.Tensor, q_cov: torch.Tensor) -> torch.Tensor:
-        """:math:`\\mathbb E_{q}[\\log p(x \\mid z)]` for :math:`q = \\mathcal N(m, S)`, in nats.
-
-        :math:`-\\tfrac d2 \\log(2\\pi\\sigma^2) - \\big(\\|x - Wm - b\\|^2 + \\operatorname{tr}(W S W^\\top)\\big)/(2\\sigma^2)`,
-        the expected squared error of a Gaussian split into bias and variance (book eq. ``elbo-lg-recon``).
-
-        Args:
-            x: ``(..., d)``; q_mean: ``(..., k)``; q_cov: ``(k, k)`` or ``(..., k, k)``, a covariance.
-        """
-        x, q_mean, q_cov = self._check_x(x), _f64(q_mean), _f64(q_cov)
-        resid = x - q_mean @ self.weight.T - self.bias
-        trace = torch.einsum("ij,...jk,ik->...", self.weight, q_cov, self.weight)
-        d = self.data_dim
-        return -0.5 * d * math.log(2 * math.pi * self.noise_var) - ((resid**2).sum(-1) + trace) / (2 * self.noise_var)
-
-    def elbo(self, x: torch.Tensor, q_mean: torch.Tensor, q_cov: torch.Tensor) -> torch.Tensor:
-        """The ELBO of a Gaussian :math:`q(z \\mid x) = \\mathcal N(m, S)`, exactly, in nats.
-
-        Reconstruction minus prior matching, book eq. ``elbo-recon-prior``:
-        :meth:`reconstruction` :math:`- D_\\mathrm{KL}(q\\,\\|\\,p(z))`.
-
-        Raises:
-            ValueError: for wrong shapes; ``S`` must be a valid covariance (torch raises otherwise).
-        """
-        q = MultivariateNormal(_f64(q_mean), _f64(q_cov))
-        return self.reconstruction(x, q_mean, q_cov) - kl_divergence(q, self.prior())
-
-    def posterior_kl(self, x: torch.Tensor, q_mean: torch.Tensor, q_cov: torch.Tensor) -> torch.Tensor:
-        """:math:`D_\\mathrm{KL}(q(z \\mid x)\\,\\|\\,p(z \\mid x))` in nats: the gap of book eq. ``elbo-identity``."""
-        mean, cov = self.posterior(x)
-        return kl_divergence(MultivariateNormal(_f64(q_mean), _f64(q_cov)), MultivariateNormal(mean, cov))
 
 
 # --- the 1-D variational diffusion model -------------------------------------------------------
@@ -381,14 +210,14 @@ def log_q_posterior(x_prev: torch.Tensor, x_t: torch.Tensor, x0: torch.Tensor, t
     return Normal(mean, schedule.posterior_variance[t].sqrt()).log_prob(_f64(x_prev))
 
 
-def bridge_mean_var(x_prev: torch.Tensor, x_next: torch.Tensor, t: int, schedule: Schedule) -> tuple[torch.Tensor, torch.Tensor]:
-    """The bridge :math:`q(x_t \\mid x_{t-1}, x_{t+1})`, for ``1 <= t <= T - 1``: Gaussian, by Bayes' rule on two steps.
+def bridge_coefs(t: int, schedule: Schedule) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The bridge :math:`q(x_t \\mid x_{t-1}, x_{t+1}) = \\mathcal N(c_- x_{t-1} + c_+ x_{t+1}, v)`, for ``1 <= t <= T - 1``.
 
-    Precision :math:`1/\\beta_t + \\alpha_{t+1}/\\beta_{t+1}`; mean = variance times
-    :math:`(\\sqrt{\\alpha_t}x_{t-1}/\\beta_t + \\sqrt{\\alpha_{t+1}}x_{t+1}/\\beta_{t+1})` (book eq. ``vdm-bridge``).
+    Bayes' rule on two steps (book eq. ``vdm-bridge``): precision :math:`1/v = 1/\\beta_t + \\alpha_{t+1}/\\beta_{t+1}`,
+    :math:`c_- = v\\sqrt{\\alpha_t}/\\beta_t`, :math:`c_+ = v\\sqrt{\\alpha_{t+1}}/\\beta_{t+1}`.
 
     Returns:
-        ``(mean, var)``: ``mean`` broadcast from the inputs, ``var`` a 0-d tensor (a variance).
+        ``(c_prev, c_next, var)``, float64 0-d tensors; ``var`` is a variance.
 
     Raises:
         ValueError: if ``t`` is not in ``1..T-1``.
@@ -398,8 +227,20 @@ def bridge_mean_var(x_prev: torch.Tensor, x_next: torch.Tensor, t: int, schedule
     b0, b1 = schedule.beta[t], schedule.beta[t + 1]
     a0, a1 = schedule.alpha[t], schedule.alpha[t + 1]
     var = 1.0 / (1.0 / b0 + a1 / b1)
-    mean = var * (a0.sqrt() * _f64(x_prev) / b0 + a1.sqrt() * _f64(x_next) / b1)
-    return mean, var
+    return var * a0.sqrt() / b0, var * a1.sqrt() / b1, var
+
+
+def bridge_mean_var(x_prev: torch.Tensor, x_next: torch.Tensor, t: int, schedule: Schedule) -> tuple[torch.Tensor, torch.Tensor]:
+    """The mean and variance of the bridge :math:`q(x_t \\mid x_{t-1}, x_{t+1})` at given neighbours (:func:`bridge_coefs`).
+
+    Returns:
+        ``(mean, var)``: ``mean`` broadcast from the inputs, ``var`` a 0-d tensor (a variance).
+
+    Raises:
+        ValueError: if ``t`` is not in ``1..T-1``.
+    """
+    c_prev, c_next, var = bridge_coefs(t, schedule)
+    return c_prev * _f64(x_prev) + c_next * _f64(x_next), var
 
 
 def conditional_mutual_information(t: int, schedule: Schedule) -> torch.Tensor:
@@ -562,10 +403,8 @@ def vdm_terms_consistency(x0: torch.Tensor, schedule: Schedule, reverse: LinearG
     prior = _expected_kl_linear(({T - 1: aT.sqrt()}, 0.0), 1 - aT, ({}, _f64(reverse.prior_mean)), reverse.prior_var, mean, cov)
     cols, const = [], torch.zeros_like(recon)
     for t in range(1, T):
-        b0, b1 = schedule.beta[t], schedule.beta[t + 1]
-        a0, a1 = schedule.alpha[t], schedule.alpha[t + 1]
-        var = 1.0 / (1.0 / b0 + a1 / b1)
-        q_mean = ({t - 1: var * a0.sqrt() / b0, t + 1: var * a1.sqrt() / b1}, 0.0)
+        c_prev, c_next, var = bridge_coefs(t, schedule)
+        q_mean = ({t - 1: c_prev, t + 1: c_next}, 0.0)
         p_mean = ({t + 1: reverse.coef[t + 1]}, reverse.shift[t + 1])
         cols.append(_expected_kl_linear(q_mean, var, p_mean, reverse.var[t + 1], mean, cov))
         const = const + conditional_mutual_information(t, schedule)

@@ -23,6 +23,7 @@ __all__ = [
     "equal_at_random_points",
     "VacuousCheckError",
     "refuse_vacuous",
+    "is_equal_polynomial",
 ]
 
 
@@ -147,3 +148,26 @@ def is_equal(lhs: sp.Expr, rhs: sp.Expr) -> bool:
     if sp.simplify(sp.expand(lhs - rhs)) == 0:
         return True
     return _agree_at_random_points(lhs, rhs)
+
+
+def is_equal_polynomial(lhs, rhs, variables) -> bool:
+    """Whether two polynomials in ``variables`` are equal, comparing coefficient by coefficient with ``is_equal``.
+
+    Gaussian log-densities are quadratics in their variables with coefficients (and a constant)
+    that depend on the parameters; simplifying the whole difference at once can take SymPy minutes,
+    each coefficient takes a fraction of a second. Each coefficient of ``lhs - rhs`` must be 0 by
+    :func:`is_equal` (``simplify``, else agreement at random points).
+
+    Raises:
+        ValueError: if ``lhs - rhs`` is not a polynomial in ``variables``.
+        VacuousCheckError: if the two sides are already the same expression as
+            built, so that the check could not fail.
+    """
+    refuse_vacuous(lhs, rhs, "is_equal_polynomial")
+    difference = sp.expand(sp.sympify(lhs) - sp.sympify(rhs))
+    try:
+        poly = sp.Poly(difference, *variables)
+    except sp.PolynomialError as err:
+        raise ValueError(f"is_equal_polynomial: the difference is not a polynomial in {list(variables)} ({err}).") from err
+    # Each coefficient of the expanded difference is a different construction from 0 unless it is 0.
+    return all(c == 0 or is_equal(c, sp.Integer(0)) for c in poly.coeffs())

@@ -1,7 +1,7 @@
 """An interactive explorer for noise schedules (book chapter "The forward process and noise schedules").
 
-Glue over the core math: it builds a :class:`~ddpm_lib.schedules.Schedule`, noises a digit with
-:func:`~ddpm_lib.forward.q_sample` and draws the result with matplotlib. Only notebooks and tests
+Glue over the core math: it builds a :class:`~ddpm_lib.core.schedules.Schedule`, noises a digit with
+:func:`~ddpm_lib.core.forward.q_sample` and draws the result with matplotlib. Only notebooks and tests
 import this module (it needs matplotlib and, for :func:`schedule_explorer`, ipywidgets); the core
 modules never do.
 
@@ -14,35 +14,57 @@ modules never do.
 from __future__ import annotations
 
 import functools
+import inspect
 import textwrap
 
 import matplotlib.pyplot as plt
 import torch
 
-from .data import load_mnist, to_model, to_uint8
-from .forward import q_sample
-from .schedules import Schedule, cosine_schedule, linear_schedule, sigmoid_schedule
+from ..data import load_mnist, to_model, to_uint8
+from ..core.forward import q_sample
+from ..core.schedules import Schedule, cosine_schedule, linear_schedule, sigmoid_schedule
 
 __all__ = ["SCHEDULE_KINDS", "make_schedule", "plot_schedule", "schedule_explorer", "default_digit"]
 
 SCHEDULE_KINDS = ("linear", "cosine", "sigmoid")
 """The schedule kinds :func:`make_schedule` knows."""
 
-_DEFAULTS = dict(beta_start=1e-4, beta_end=0.02, s=0.008, start=-3.0, end=3.0, tau=1.0)
+
+def _constructor_defaults() -> dict[str, float]:
+    # each schedule parameter's default, read from its constructor's signature (one source of the numbers)
+    params = {
+        linear_schedule: ("beta_start", "beta_end"),
+        cosine_schedule: ("s",),
+        sigmoid_schedule: ("start", "end", "tau"),
+    }
+    defaults = {name: inspect.signature(f).parameters[name].default for f, names in params.items() for name in names}
+    no_default = [name for name, value in defaults.items() if value is inspect.Parameter.empty]
+    if no_default:
+        raise RuntimeError(f"the schedule explorer needs defaults in the schedule constructors for {no_default}.")
+    return defaults
+
+
+_DEFAULTS = _constructor_defaults()
+"""The defaults of ``linear_schedule`` (``beta_start``, ``beta_end``), ``cosine_schedule`` (``s``) and
+``sigmoid_schedule`` (``start``, ``end``, ``tau``): the grey reference curves, the defaults below and the
+sliders' starting values."""
+
 _LOG_SNR_YLIM = (-22.0, 16.0)
 
 
 def make_schedule(
     kind: str = "linear",
     T: int = 1000,
-    beta_start: float = 1e-4,
-    beta_end: float = 0.02,
-    s: float = 0.008,
-    start: float = -3.0,
-    end: float = 3.0,
-    tau: float = 1.0,
+    beta_start: float = _DEFAULTS["beta_start"],
+    beta_end: float = _DEFAULTS["beta_end"],
+    s: float = _DEFAULTS["s"],
+    start: float = _DEFAULTS["start"],
+    end: float = _DEFAULTS["end"],
+    tau: float = _DEFAULTS["tau"],
 ) -> Schedule:
     """Build a schedule of the given kind; the parameters of the other kinds are ignored.
+
+    The parameters' defaults are those of the schedule constructors (read from their signatures).
 
     Args:
         kind: ``"linear"`` (uses ``beta_start``, ``beta_end``), ``"cosine"`` (uses ``s``) or
@@ -50,7 +72,7 @@ def make_schedule(
         T: the number of steps.
 
     Returns:
-        The :class:`~ddpm_lib.schedules.Schedule`.
+        The :class:`~ddpm_lib.core.schedules.Schedule`.
 
     Raises:
         ValueError: for an unknown kind, or parameters the schedule constructors reject (their
@@ -102,12 +124,12 @@ def _message_figure(title: str, message: str, figsize: tuple[float, float]) -> p
 
 def plot_schedule(
     kind: str = "linear",
-    beta_start: float = 1e-4,
-    beta_end: float = 0.02,
-    s: float = 0.008,
-    start: float = -3.0,
-    end: float = 3.0,
-    tau: float = 1.0,
+    beta_start: float = _DEFAULTS["beta_start"],
+    beta_end: float = _DEFAULTS["beta_end"],
+    s: float = _DEFAULTS["s"],
+    start: float = _DEFAULTS["start"],
+    end: float = _DEFAULTS["end"],
+    tau: float = _DEFAULTS["tau"],
     t: int = 500,
     T: int = 1000,
     image: torch.Tensor | None = None,
@@ -222,12 +244,12 @@ def schedule_explorer(image: torch.Tensor | None = None, T: int = 1000, seed: in
 
     controls = dict(
         kind=widgets.Dropdown(options=SCHEDULE_KINDS, value="linear", description="schedule", style=style),
-        beta_start=slider(widgets.FloatLogSlider, 1e-4, -6, -1, 0.1, "beta_start (linear)", ".1e"),
-        beta_end=slider(widgets.FloatLogSlider, 0.02, -4, 0, 0.05, "beta_end (linear)", ".2e"),
-        s=slider(widgets.FloatSlider, 0.008, 0.0, 0.5, 0.002, "s (cosine)", ".3f"),
-        start=slider(widgets.FloatSlider, -3.0, -10.0, 10.0, 0.5, "start (sigmoid)", ".1f"),
-        end=slider(widgets.FloatSlider, 3.0, -10.0, 10.0, 0.5, "end (sigmoid)", ".1f"),
-        tau=slider(widgets.FloatLogSlider, 1.0, -1.5, 1.0, 0.05, "tau (sigmoid)", ".2f"),
+        beta_start=slider(widgets.FloatLogSlider, _DEFAULTS["beta_start"], -6, -1, 0.1, "beta_start (linear)", ".1e"),
+        beta_end=slider(widgets.FloatLogSlider, _DEFAULTS["beta_end"], -4, 0, 0.05, "beta_end (linear)", ".2e"),
+        s=slider(widgets.FloatSlider, _DEFAULTS["s"], 0.0, 0.5, 0.002, "s (cosine)", ".3f"),
+        start=slider(widgets.FloatSlider, _DEFAULTS["start"], -10.0, 10.0, 0.5, "start (sigmoid)", ".1f"),
+        end=slider(widgets.FloatSlider, _DEFAULTS["end"], -10.0, 10.0, 0.5, "end (sigmoid)", ".1f"),
+        tau=slider(widgets.FloatLogSlider, _DEFAULTS["tau"], -1.5, 1.0, 0.05, "tau (sigmoid)", ".2f"),
         t=widgets.IntSlider(value=T // 2, min=0, max=T, step=1, description="t", continuous_update=False,
                             style=style, layout=layout),
     )

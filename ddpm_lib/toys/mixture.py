@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .schedules import Schedule, gather
+from ..core.schedules import Schedule, gather
 
 __all__ = ["GaussianMixture"]
 

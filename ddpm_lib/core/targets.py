@@ -23,12 +23,19 @@ to the input's dtype at the end (in float32, :math:`1-\\bar\\alpha_1` would othe
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import torch
 
 from .schedules import Schedule, gather64
 
 __all__ = [
+    "Target",
     "TARGETS",
+    "get_target",
+    "score_from_x0",
+    "x0_from_score",
     "x0_from_eps",
     "eps_from_x0",
     "v_from_x0_eps",
@@ -39,10 +46,6 @@ __all__ = [
     "x0_eps_from_output",
     "target_from_x0_eps",
 ]
-
-TARGETS = ("eps", "x0", "v")
-"""What a network may be trained to predict (see :func:`x0_eps_from_output`)."""
-
 
 def _coefs(t: torch.Tensor, schedule: Schedule, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     # sqrt(alpha_bar_t) and sqrt(1 - alpha_bar_t), formed in float64 and cast to like's dtype at the end
@@ -98,42 +101,103 @@ def eps_from_score(score: torch.Tensor, t: torch.Tensor, schedule: Schedule) -> 
     return -s * score
 
 
-def _check_target(target: str) -> None:
-    if target not in TARGETS:
-        raise ValueError(f"unknown prediction target {target!r}; choose one of {TARGETS}.")
+def score_from_x0(xt: torch.Tensor, t: torch.Tensor, x0: torch.Tensor, schedule: Schedule) -> torch.Tensor:
+    """Tweedie's formula read forwards: :math:`\\nabla_{x_t}\\log q(x_t) = (\\sqrt{\\bar\\alpha_t}\\,\\mathbb E[x_0\\mid x_t] - x_t)/(1-\\bar\\alpha_t)`.
+
+    Book eq. ``tweedie``; Efron (2011), eq. 2.8; Luo (2022), eq. 133. With ``x0`` the posterior mean
+    :math:`\\mathbb E[x_0 \\mid x_t]` (a denoiser's output) it is the score of the marginal; needs ``t >= 1``.
+    Shapes ``(B, ...)``; ``t`` integer ``(B,)``; the result has ``xt``'s shape and dtype.
+    """
+    a, s = _coefs(t, schedule, xt)
+    return (a * x0 - xt) / (s * s)
+
+
+def x0_from_score(xt: torch.Tensor, t: torch.Tensor, score: torch.Tensor, schedule: Schedule) -> torch.Tensor:
+    """Tweedie's formula read backwards: :math:`\\mathbb E[x_0 \\mid x_t] = (x_t + (1-\\bar\\alpha_t)\\,\\nabla\\log q(x_t))/\\sqrt{\\bar\\alpha_t}`.
+
+    Book eq. ``tweedie``. The inverse of :func:`score_from_x0` (to round-off); shapes as there.
+    """
+    a, s = _coefs(t, schedule, xt)
+    return (xt + s * s * score) / a
+
+
+@dataclass(frozen=True)
+class Target:
+    """What a network may be trained to predict, with the conversions every other module reads.
+
+    Attributes:
+        name: ``"eps"``, ``"x0"``, ``"v"`` or ``"score"``.
+        from_x0_eps: ``(x0, eps, t, schedule) -> output``, the regression target given the clean data
+            and the noise (book eqs. ``x0-from-eps``, ``v``, ``score-from-eps``).
+        to_x0_eps: ``(output, xt, t, schedule) -> (x0_hat, eps_hat)``, what an output implies.
+        vlb_from_x0_weight: ``(w_x0, alpha_bar_t) -> w``: the ELBO weight of a squared error on this
+            target from the weight :math:`w^{x_0}_t` of the squared error on ``x0``, both float64. It is
+            :math:`w^{x_0}_t (\\partial x_0/\\partial\\,\\text{output})^2` at fixed ``xt``: 1 for ``x0``,
+            :math:`(1-\\bar\\alpha_t)/\\bar\\alpha_t = 1/\\mathrm{SNR}` for ``eps``, :math:`1-\\bar\\alpha_t` for ``v``,
+            :math:`(1-\\bar\\alpha_t)^2/\\bar\\alpha_t` for the score (book eq. ``target-weights``).
+    """
+
+    name: str
+    from_x0_eps: Callable[..., torch.Tensor]
+    to_x0_eps: Callable[..., tuple[torch.Tensor, torch.Tensor]]
+    vlb_from_x0_weight: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _score_to_x0_eps(output, xt, t, schedule):
+    eps = eps_from_score(output, t, schedule)
+    return x0_from_eps(xt, t, eps, schedule), eps
+
+
+TARGETS: dict[str, Target] = {
+    "eps": Target("eps", lambda x0, eps, t, sch: eps,
+                  lambda out, xt, t, sch: (x0_from_eps(xt, t, out, sch), out),
+                  lambda w, ab: w * (1.0 - ab) / ab),
+    "x0": Target("x0", lambda x0, eps, t, sch: x0,
+                 lambda out, xt, t, sch: (out, eps_from_x0(xt, t, out, sch)),
+                 lambda w, ab: w),
+    "v": Target("v", lambda x0, eps, t, sch: v_from_x0_eps(x0, eps, t, sch),
+                lambda out, xt, t, sch: (x0_from_v(xt, t, out, sch), eps_from_v(xt, t, out, sch)),
+                lambda w, ab: w * (1.0 - ab)),
+    "score": Target("score", lambda x0, eps, t, sch: score_from_eps(eps, t, sch),
+                    _score_to_x0_eps,
+                    lambda w, ab: w * (1.0 - ab) / ab * (1.0 - ab)),
+}
+"""The prediction targets by name: the one table that the losses, the denoisers, training and the command line read."""
+
+
+def get_target(name: str) -> Target:
+    """The :class:`Target` called ``name``.
+
+    Raises:
+        ValueError: for an unknown name, listing the known ones.
+    """
+    try:
+        return TARGETS[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown prediction target {name!r}; choose one of {tuple(TARGETS)}.") from None
 
 
 def x0_eps_from_output(
     output: torch.Tensor, xt: torch.Tensor, t: torch.Tensor, schedule: Schedule, target: str
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Turn a network's output into the pair ``(x0_hat, eps_hat)``.
+    """Turn a network's output into the pair ``(x0_hat, eps_hat)`` (``TARGETS[target].to_x0_eps``).
 
     Args:
         output: the network's prediction, shape of ``xt``; its meaning is ``target``.
         xt: the noisy input, shape ``(B, ...)``.
         t: integer timesteps, shape ``(B,)``, in ``1..T``.
-        target: ``"eps"``, ``"x0"`` or ``"v"``.
+        target: a name in :data:`TARGETS` (``"eps"``, ``"x0"``, ``"v"``, ``"score"``).
 
     Raises:
         ValueError: for an unknown target.
     """
-    _check_target(target)
-    if target == "eps":
-        return x0_from_eps(xt, t, output, schedule), output
-    if target == "x0":
-        return output, eps_from_x0(xt, t, output, schedule)
-    return x0_from_v(xt, t, output, schedule), eps_from_v(xt, t, output, schedule)
+    return get_target(target).to_x0_eps(output, xt, t, schedule)
 
 
 def target_from_x0_eps(x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor, schedule: Schedule, target: str) -> torch.Tensor:
-    """What a network trained for ``target`` should output, given the true ``x0`` and ``eps``.
+    """What a network trained for ``target`` should output, given the true ``x0`` and ``eps`` (``TARGETS[target].from_x0_eps``).
 
     Raises:
         ValueError: for an unknown target.
     """
-    _check_target(target)
-    if target == "eps":
-        return eps
-    if target == "x0":
-        return x0
-    return v_from_x0_eps(x0, eps, t, schedule)
+    return get_target(target).from_x0_eps(x0, eps, t, schedule)

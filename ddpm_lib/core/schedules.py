@@ -6,6 +6,11 @@ per-step tensor of a :class:`Schedule` has length ``T + 1`` and is indexed by ``
 ``schedule.alpha_bar[t]`` *is* :math:`\\bar\\alpha_t`. Entry 0 is the clean-data limit:
 ``beta[0] = 0`` and ``alpha_bar[0] = 1``.
 
+Continuous time (book: notation page, "Continuous time", eq. ``alpha-bar-continuous``): ``u = t / T``
+in ``[0, 1]``; :meth:`Schedule.alpha_bar_at`, :meth:`Schedule.beta_at` and :meth:`Schedule.log_snr_at`
+extend the schedule to real ``u`` as the VP-SDE whose rate is constant on each step. The network is
+given time in units of steps, ``t = T u``.
+
 Everything is float64 so that the book's float64 checks are exact to round-off. Functions that
 combine a schedule with data form each coefficient in float64 from these fields (:func:`gather64`)
 and cast it to the data's dtype only at the end: cast first, and in float32 ``1 - alpha_bar_1``
@@ -154,9 +159,144 @@ class Schedule:
         out[1:] = (1.0 - ab[:-1]) / (1.0 - ab[1:]) * self.beta[1:]
         return out
 
+    # --- continuous time u = t / T in [0, 1] (book: notation page, "Continuous time") --------------
+    def alpha_bar_at(self, u: torch.Tensor | float) -> torch.Tensor:
+        """:math:`\\bar\\alpha(u)` for real ``u`` in ``[0, 1]``: :math:`\\log\\bar\\alpha` interpolated linearly between the grid points ``u = t / T``.
+
+        Book eq. ``alpha-bar-continuous``. For ``u`` between the grid points ``(t - 1) / T`` and ``t / T``,
+
+        .. math:: \\log\\bar\\alpha(u) = (1 - f)\\log\\bar\\alpha_{t-1} + f\\log\\bar\\alpha_t,
+           \\quad u = (t - 1 + f)/T,\\ f \\in [0, 1],
+
+        so ``alpha_bar_at(t / T) == alpha_bar[t]``. Why *log*-linear: this is exactly the VP-SDE
+        :math:`dx = -\\tfrac12\\beta(u)\\,x\\,du + \\sqrt{\\beta(u)}\\,dW` (Song et al. 2021,
+        "Score-based generative modeling through SDEs", eq. 11 and App. B) with the piecewise-constant
+        :math:`\\beta(u) = -T\\log(1 - \\beta_t)` on :math:`((t-1)/T, t/T]` (:meth:`beta_at`). The VP-SDE
+        started at :math:`x_0` has :math:`x_u \\sim \\mathcal N(\\sqrt{\\bar\\alpha(u)}\\,x_0, (1 - \\bar\\alpha(u)) I)`
+        with :math:`\\bar\\alpha(u) = \\exp(-\\int_0^u \\beta(s)\\,ds)`; the integral of a
+        piecewise-constant :math:`\\beta` is piecewise linear, hence the formula above. Over one interval
+        the SDE is an Ornstein-Uhlenbeck process with constant :math:`\\beta`, whose exact transition
+        has mean factor :math:`e^{-\\beta/(2T)} = \\sqrt{1 - \\beta_t}` and variance
+        :math:`1 - e^{-\\beta/T} = \\beta_t`: it reproduces :math:`q(x_t \\mid x_{t-1}) =
+        \\mathcal N(\\sqrt{1-\\beta_t}\\,x_{t-1}, \\beta_t I)` exactly (not only as :math:`T \\to \\infty`,
+        as Song et al.'s :math:`\\beta(u) \\approx T\\beta_t` does), so the discrete chain *is* this SDE
+        observed at ``u = t / T``. Between grid points it is Kingma et al.'s (2021) continuous-time
+        view of the same variance-preserving process: :math:`q(x_u \\mid x_s)`, ``s < u``, has mean
+        factor :math:`\\sqrt{\\bar\\alpha(u)/\\bar\\alpha(s)}` and variance :math:`1 - \\bar\\alpha(u)/\\bar\\alpha(s)`.
+
+        Args:
+            u: real number(s) in ``[0, 1]``, a Python float or a tensor of any shape and real dtype
+                (converted to float64 exactly). A ``u`` within 8 float64 ulps of a grid point
+                ``t / T`` is taken to be that grid point, so that ``t / T`` computed in floating
+                point lands on ``t`` (``(15 / 22) * 22`` is not exactly 15).
+
+        Returns:
+            A float64 tensor of ``u``'s shape on the CPU (like :func:`gather64`: float64 is not
+            available on every accelerator), with values in ``(0, 1]``; 1 at ``u = 0``, and exactly
+            ``alpha_bar[t]`` at ``u = t / T``.
+
+        Raises:
+            ValueError: if some ``u`` lies outside ``[0, 1]`` or is NaN.
+            TypeError: for a boolean or complex ``u``.
+        """
+        log_ab, tau, on_grid = self._log_alpha_bar_at(u, "alpha_bar_at")
+        return torch.where(on_grid, self.alpha_bar[tau.long()], torch.exp(log_ab))
+
+    def beta_at(self, u: torch.Tensor | float) -> torch.Tensor:
+        """The piecewise-constant rate :math:`\\beta(u) = -T\\log(1 - \\beta_t)` for ``u`` in ``((t-1)/T, t/T]``.
+
+        The :math:`\\beta(u)` of the VP-SDE that :meth:`alpha_bar_at` follows (Song et al. 2021, eq. 11):
+        :math:`\\bar\\alpha(u) = \\exp(-\\int_0^u \\beta(s)\\,ds)`. It is a rate per unit of ``u``, so
+        of order :math:`T\\beta_t` (to first order in :math:`\\beta_t`, Song et al.'s
+        :math:`\\beta(t/T) = T\\beta_t`, their App. B), not a variance in ``(0, 1)``.
+
+        Convention at the jumps: **left-continuous**. The grid point ``u = t / T`` belongs to the
+        interval that ends there, ``beta_at(t / T) = -T log(1 - beta_t)``, and ``u = 0`` belongs to the
+        first interval, ``beta_at(0) = -T log(1 - beta_1)``. (The convention only matters at the grid
+        points, a set of measure zero for the integral.)
+
+        Args:
+            u: as for :meth:`alpha_bar_at`.
+
+        Returns:
+            A positive float64 tensor of ``u``'s shape on the CPU.
+
+        Raises:
+            ValueError: if some ``u`` lies outside ``[0, 1]`` or is NaN.
+            TypeError: for a boolean or complex ``u``.
+        """
+        tau = _steps_from_u(u, self.T, "beta_at")
+        t = tau.ceil().clamp(min=1).long()  # the interval ((t-1)/T, t/T] that contains u; u = 0 -> t = 1
+        return -self.T * torch.log1p(-self.beta[t])
+
+    def log_snr_at(self, u: torch.Tensor | float) -> torch.Tensor:
+        """:math:`\\lambda(u) = \\log\\bar\\alpha(u) - \\log(1 - \\bar\\alpha(u))` in nats, for ``u`` in ``[0, 1]``.
+
+        The log-SNR of :meth:`alpha_bar_at` (book eq. ``alpha-bar-continuous``; Kingma et al. 2021,
+        eq. 2): ``log_snr_at(t / T) == log_snr[t]`` and ``log_snr_at(0) = inf``. Between grid points it
+        is formed from the interpolated :math:`\\ell = \\log\\bar\\alpha(u)` as
+        :math:`\\ell - \\log(-\\operatorname{expm1}(\\ell))`, which keeps its precision as ``u -> 0``
+        (where :math:`1 - \\bar\\alpha(u)` would cancel).
+
+        Args:
+            u: as for :meth:`alpha_bar_at`.
+
+        Returns:
+            A float64 tensor of ``u``'s shape on the CPU, strictly decreasing in ``u``.
+
+        Raises:
+            ValueError: if some ``u`` lies outside ``[0, 1]`` or is NaN.
+            TypeError: for a boolean or complex ``u``.
+        """
+        log_ab, tau, on_grid = self._log_alpha_bar_at(u, "log_snr_at")
+        between = log_ab - torch.log(-torch.expm1(log_ab))  # inf at u = 0, a grid point: replaced below
+        return torch.where(on_grid, self.log_snr[tau.long()], between)
+
+    def _log_alpha_bar_at(self, u: torch.Tensor | float, caller: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(log alpha_bar(u) by linear interpolation, tau = T u snapped to the grid, whether tau is a grid point)."""
+        tau = _steps_from_u(u, self.T, caller)
+        log_ab = torch.log(self.alpha_bar)
+        k = tau.floor().clamp(max=self.T - 1).long()  # u in [k/T, (k+1)/T]; u = 1 uses the last interval
+        f = tau - k
+        # (1 - f) a + f b is exactly a at f = 0 and exactly b at f = 1
+        log_interp = (1.0 - f) * log_ab[k] + f * log_ab[k + 1]
+        return log_interp, tau, tau == tau.round()
+
     def __repr__(self) -> str:
         ab = self.alpha_bar
         return f"Schedule(name={self.name!r}, T={self.T}, alpha_bar_T={ab[-1].item():.3e})"
+
+
+_SNAP_ULPS = 8  # T u within this many ulps of an integer t is taken to be t (see Schedule.alpha_bar_at)
+
+
+def _steps_from_u(u: torch.Tensor | float, T: int, caller: str) -> torch.Tensor:
+    """``tau = T u`` (float64, CPU, ``u``'s shape) for continuous time ``u`` in ``[0, 1]``, snapped to the grid.
+
+    ``(t / T) * T`` is not always ``t`` in floating point (one or two roundings: ``(15 / 22) * 22``
+    exceeds 15 by one ulp); a ``tau`` within :data:`_SNAP_ULPS` ulps of an integer ``t`` is set to
+    ``t``, so that the grid point ``u = t / T`` is recognized whatever way it was computed.
+
+    Raises:
+        TypeError: for a boolean or complex ``u``.
+        ValueError: if some ``u`` is outside ``[0, 1]`` or NaN.
+    """
+    if isinstance(u, bool) or (torch.is_tensor(u) and (u.dtype == torch.bool or u.is_complex())):
+        raise TypeError(f"Schedule.{caller}: u must be real (continuous time in [0, 1]), got {u!r}.")
+    u64 = u if torch.is_tensor(u) else torch.as_tensor(u, dtype=torch.float64)  # a float's 64 bits, not float32's
+    if u64.is_complex():
+        raise TypeError(f"Schedule.{caller}: u must be real (continuous time in [0, 1]), got a complex u.")
+    u64 = u64.detach().to("cpu", torch.float64)
+    outside = ~((u64 >= 0) & (u64 <= 1))  # NaN included
+    if bool(outside.any()):
+        n, first = int(outside.sum()), u64[outside][0].item()
+        raise ValueError(
+            f"Schedule.{caller}: continuous time u must lie in [0, 1] (u = t / T: u = 0 is the data, "
+            f"u = 1 is step T); got u = {first!r}" + (f" and {n - 1} more value(s) outside" if n > 1 else "") + "."
+        )
+    tau = u64 * T
+    t = torch.round(tau)
+    return torch.where((tau - t).abs() <= _SNAP_ULPS * torch.finfo(torch.float64).eps * t, t, tau)
 
 
 def check_timestep_shape(t: torch.Tensor | int, x: torch.Tensor, name: str) -> None:

@@ -1,4 +1,4 @@
-"""A small MLP denoiser for low-dimensional toy data (the 2-D mixtures of ``ddpm_lib.toy``).
+"""A small MLP denoiser for low-dimensional toy data (the 2-D mixtures of ``ddpm_lib.toys.mixture``).
 
 Used by the chapters "From KL divergence to mean squared error" (``notebooks/kl_to_mse.ipynb``) and
 "Three (and four) parameterizations" (``notebooks/parameterizations.ipynb``), which train several copies of it on a

@@ -13,10 +13,10 @@ the variance-preserving forward process through
    1 - \\bar\\alpha(t) = \\sigma(\\gamma(t)),
 
 so :math:`\\gamma = -\\lambda` is the negative log-SNR of the notation page. A discrete
-:class:`~ddpm_lib.schedules.Schedule` with ``T`` steps is read off at ``t = i / T`` by
+:class:`~ddpm_lib.core.schedules.Schedule` with ``T`` steps is read off at ``t = i / T`` by
 :func:`schedule_from_gamma` (timestep ``i`` of the book's convention is time ``i / T``).
 
-Imports torch only (and :mod:`ddpm_lib.schedules`).
+Imports torch only (and :mod:`ddpm_lib.core.schedules`).
 """
 
 from __future__ import annotations
@@ -165,7 +165,7 @@ class MonotoneGamma(nn.Module):
 
 
 def schedule_from_gamma(gamma: Callable[[torch.Tensor], torch.Tensor], T: int, name: str = "learned") -> Schedule:
-    """The discrete :class:`~ddpm_lib.schedules.Schedule` with :math:`\\bar\\alpha_i = \\sigma(-\\gamma(i/T))`, ``i = 1..T``.
+    """The discrete :class:`~ddpm_lib.core.schedules.Schedule` with :math:`\\bar\\alpha_i = \\sigma(-\\gamma(i/T))`, ``i = 1..T``.
 
     Timestep ``i`` of the book's convention is time ``i / T``; ``alpha_bar[0] = 1`` as always (the
     data), whatever :math:`\\gamma(0)` is. Built with :meth:`Schedule.from_alpha_bar`, which checks

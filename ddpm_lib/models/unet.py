@@ -13,17 +13,19 @@ every downsampling halves an even size, and the output is cropped back.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .config import DictConfig
+
 __all__ = ["UNetConfig", "UNet", "timestep_embedding"]
 
 
 @dataclass(frozen=True)
-class UNetConfig:
+class UNetConfig(DictConfig):
     """Everything that determines the network's architecture; stored in every checkpoint.
 
     Attributes:
@@ -37,6 +39,13 @@ class UNetConfig:
         image_size: input height and width (28 for MNIST).
         pad_to: the size the input is padded to; must be divisible by ``2 ** (len(channels) - 1)``.
         groups: GroupNorm groups; every entry of ``channels`` must be divisible by it.
+
+    Checkpoints store it as ``to_dict()`` and read it with ``from_dict`` (:class:`~ddpm_lib.models.config.DictConfig`).
+
+    Raises:
+        ValueError: for channels that are empty, non-positive or not divisible by ``groups``, lowest
+            channels not divisible by ``attention_heads``, a ``pad_to`` below ``image_size`` or not
+            divisible by ``2 ** (len(channels) - 1)``, or ``num_res_blocks < 1``.
     """
 
     in_channels: int = 1
@@ -66,29 +75,6 @@ class UNetConfig:
             )
         if self.num_res_blocks < 1:
             raise ValueError(f"num_res_blocks must be >= 1, got {self.num_res_blocks}.")
-
-    def to_dict(self) -> dict:
-        """A JSON-ready dict (``channels`` as a list)."""
-        d = asdict(self)
-        d["channels"] = list(self.channels)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "UNetConfig":
-        """Rebuild from :meth:`to_dict`'s output.
-
-        Raises:
-            ValueError: naming the keys that are unknown to this version of the code or missing.
-        """
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        missing = sorted(known - set(d))
-        if unknown or missing:
-            raise ValueError(
-                f"UNetConfig mismatch: unknown keys {unknown}, missing keys {missing}. The checkpoint was "
-                "written by a different version of ddpm_lib; use that version or retrain."
-            )
-        return cls(**d)
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:

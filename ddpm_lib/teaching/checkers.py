@@ -2,13 +2,13 @@
 
 Used by the exercises of Part I (imports sympy; never used by training or sampling). A checker
 takes the reader's formula (a SymPy expression in the symbols this module exports, matched by name)
-or number, compares it with the right answer (symbolically with :func:`ddpm_lib.symbolic.is_equal`,
+or number, compares it with the right answer (symbolically with :func:`ddpm_lib.teaching.symbolic.is_equal`,
 numerically with a stated tolerance), and recognises the usual slips: a standard deviation where a
 variance belongs, :math:`\\bar\\alpha_t` where :math:`\\sqrt{\\bar\\alpha_t}` belongs, a term dropped
 from a telescoping sum, a missing :math:`\\ln 2`. Each returns a :class:`CheckResult`; in a notebook
 it displays as its message::
 
-    from ddpm_lib.checkers import check_kl_gaussian, m1, v1, m2, v2
+    from ddpm_lib.teaching.checkers import check_kl_gaussian, m1, v1, m2, v2
     check_kl_gaussian((sp.log(v2 / v1) + (v1 + (m1 - m2)**2) / v2 - 1) / 2)
 """
 
@@ -36,7 +36,6 @@ __all__ = [
     "check_telescoping",
     "check_bridge",
     "telescoping_symbols",
-    "is_equal_polynomial",
 ]
 
 # The symbols readers write their answers in (matched by name, so sp.Symbol("v1") works too).
@@ -68,29 +67,6 @@ class CheckResult:
     __repr__ = __str__
 
 
-def is_equal_polynomial(lhs, rhs, variables) -> bool:
-    """Whether two polynomials in ``variables`` are equal, comparing coefficient by coefficient with ``is_equal``.
-
-    Gaussian log-densities are quadratics in their variables with coefficients (and a constant)
-    that depend on the parameters; simplifying the whole difference at once can take SymPy minutes,
-    each coefficient takes a fraction of a second. Each coefficient of ``lhs - rhs`` must be 0 by
-    :func:`ddpm_lib.symbolic.is_equal` (``simplify``, else agreement at random points).
-
-    Raises:
-        ValueError: if ``lhs - rhs`` is not a polynomial in ``variables``.
-        ddpm_lib.symbolic.VacuousCheckError: if the two sides are already the same expression as
-            built, so that the check could not fail.
-    """
-    refuse_vacuous(lhs, rhs, "is_equal_polynomial")
-    difference = sp.expand(sp.sympify(lhs) - sp.sympify(rhs))
-    try:
-        poly = sp.Poly(difference, *variables)
-    except sp.PolynomialError as err:
-        raise ValueError(f"is_equal_polynomial: the difference is not a polynomial in {list(variables)} ({err}).") from err
-    # Each coefficient of the expanded difference is a different construction from 0 unless it is 0.
-    return all(c == 0 or is_equal(c, sp.Integer(0)) for c in poly.coeffs())
-
-
 def _cap(text: str) -> str:
     return text[:1].upper() + text[1:]
 
@@ -110,7 +86,7 @@ def _adopt(expr, allowed: list[sp.Symbol], what: str) -> sp.Expr:
     unknown = sorted(s.name for s in expr.free_symbols if s.name not in by_name)
     if unknown:
         names = ", ".join(s.name for s in allowed)
-        raise ValueError(f"{what}: unknown symbol(s) {unknown}; write the answer in {names} (import them from ddpm_lib.checkers).")
+        raise ValueError(f"{what}: unknown symbol(s) {unknown}; write the answer in {names} (import them from ddpm_lib.teaching.checkers).")
     return expr.subs({s: by_name[s.name] for s in expr.free_symbols}, simultaneous=True)
 
 

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import torch
 
-from .parameterizations import target_from_x0_eps
+from .targets import get_target, target_from_x0_eps
 from .posterior import posterior_mean_coefs
 from .schedules import Schedule, gather64
 
-__all__ = ["simple_loss", "vlb_weight", "vlb_loss"]
+__all__ = ["simple_loss", "vlb_weight", "vlb_loss", "LOSSES"]
 
 
 def simple_loss(
@@ -53,8 +53,8 @@ def vlb_weight(t: torch.Tensor, schedule: Schedule, target: str, like: torch.Ten
     (book eq. ``kl-to-mse``): :math:`w^{x_0}_t = c_{x_0}^2 / (2\\tilde\\beta_t)
     = \\tfrac12(\\mathrm{SNR}(t-1) - \\mathrm{SNR}(t))`,
     :math:`w^{\\epsilon}_t = w^{x_0}_t / \\mathrm{SNR}(t)` (book eq. ``eps-weight``; Ho et al. 2020, eq. 12) and
-    :math:`w^{v}_t = w^{x_0}_t (1 - \\bar\\alpha_t)`. A score network's weight (book eq. ``score-weight``) would be
-    :math:`w^{\\epsilon}_t (1 - \\bar\\alpha_t)`; the library has no score target.
+    :math:`w^{v}_t = w^{x_0}_t (1 - \\bar\\alpha_t)` and, for the score, :math:`w^{\\epsilon}_t (1 - \\bar\\alpha_t)`
+    (book eq. ``score-weight``): each target's ``vlb_from_x0_weight`` in :data:`~ddpm_lib.core.targets.TARGETS`.
     At ``t = 1`` (where :math:`\\tilde\\beta_1 = 0`) the decoder variance :math:`\\beta_1` is used
     instead, which gives the Gaussian decoder's squared-error weight :math:`1/(2\\beta_1)` for ``x0``.
 
@@ -73,13 +73,7 @@ def vlb_weight(t: torch.Tensor, schedule: Schedule, target: str, like: torch.Ten
     var = gather64(sigma2, t, like)
     w_x0 = c_x0**2 / (2.0 * var)
     ab = gather64(schedule.alpha_bar, t, like)
-    if target == "x0":
-        return w_x0.to(like)
-    if target == "eps":
-        return (w_x0 * (1.0 - ab) / ab).to(like)
-    if target == "v":
-        return (w_x0 * (1.0 - ab)).to(like)
-    raise ValueError(f"unknown prediction target {target!r}; choose one of ('eps', 'x0', 'v').")
+    return get_target(target).vlb_from_x0_weight(w_x0, ab).to(like)
 
 
 def vlb_loss(
@@ -101,3 +95,8 @@ def vlb_loss(
     sq = (output - target_from_x0_eps(x0, eps, t, schedule, target)) ** 2
     w = vlb_weight(t, schedule, target, output)
     return (w * sq).reshape(sq.shape[0], -1).sum(dim=1).mean()
+
+
+LOSSES = {"simple": simple_loss, "vlb": vlb_loss}
+"""The training losses by name (``TrainConfig.loss``, :func:`ddpm_lib.training.train_toy`): each is
+``loss(output, x0, eps, t, schedule, target) -> 0-d tensor``."""

@@ -8,35 +8,28 @@ FID, Heusel et al. 2017, on a network trained on MNIST itself).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from .config import DictConfig
 
 __all__ = ["ClassifierConfig", "MnistClassifier"]
 
 
 @dataclass(frozen=True)
-class ClassifierConfig:
-    """The classifier's architecture: two conv blocks of ``channels`` and a ``features``-wide layer."""
+class ClassifierConfig(DictConfig):
+    """The classifier's architecture: two conv blocks of ``channels`` and a ``features``-wide layer.
+
+    Its JSON form in checkpoints: :class:`~ddpm_lib.models.config.DictConfig`. No validation of its
+    own: a size that does not fit fails when :class:`MnistClassifier` is built.
+    """
 
     channels: tuple[int, int] = (32, 64)
     features: int = 128
     num_classes: int = 10
     dropout: float = 0.25
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["channels"] = list(self.channels)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "ClassifierConfig":
-        """Raises ValueError naming unknown or missing keys."""
-        known = set(cls.__dataclass_fields__)
-        if set(d) != known:
-            raise ValueError(f"ClassifierConfig mismatch: unknown keys {sorted(set(d) - known)}, missing {sorted(known - set(d))}.")
-        return cls(**{**d, "channels": tuple(d["channels"])})
 
 
 class MnistClassifier(nn.Module):

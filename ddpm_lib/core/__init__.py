@@ -1,0 +1,21 @@
+"""Core mathematics, torch only: schedules (discrete and continuous time), the forward process, the
+posterior, the prediction targets and their conversions, losses, ELBO terms, Gaussian facts, Monte Carlo helpers.
+
+Nothing here knows a network, a data set, a device or a plot; each function works on tensors of any
+batch shape and cites its chapter's equation label and the paper's equation.
+"""
+
+from __future__ import annotations
+
+from .schedules import (Schedule, linear_schedule, cosine_schedule, sigmoid_schedule, gather, gather64)
+from .forward import (q_mean_var, q_sample, q_step_sample)
+from .posterior import (posterior_mean_coefs, posterior_mean, posterior_variance)
+from .targets import (Target, TARGETS, get_target, score_from_x0, x0_from_score, x0_from_eps, eps_from_x0, v_from_x0_eps, x0_from_v, eps_from_v, score_from_eps, eps_from_score, x0_eps_from_output, target_from_x0_eps)
+from .losses import (simple_loss, vlb_weight, vlb_loss, LOSSES)
+from .likelihood import (prior_kl, denoising_kl, decoder_nll, BIN_WIDTH)
+from .gaussian import (gaussian_kl, expected_gaussian_log_prob, as_float64, check_variance)
+from .vdm import (LinearGaussianReverse, optimal_linear_reverse, forward_trajectory_moments, sample_forward_trajectory, bridge_coefs, bridge_mean_var, conditional_mutual_information, log_q_step, log_q_marginal, log_q_posterior, VDMTerms, vdm_elbo_exact, vdm_log_evidence, vdm_terms_denoising, vdm_terms_consistency, vdm_terms_consistency_as_printed, vdm_elbo_estimates, ESTIMATORS)
+from .learned_schedule import (MonotoneGamma, alpha_bar_from_gamma, snr_from_gamma, schedule_from_gamma, continuous_vlb_integrand)
+from .montecarlo import (mean_and_stderr, within_clt)
+
+__all__ = ['Schedule', 'linear_schedule', 'cosine_schedule', 'sigmoid_schedule', 'gather', 'gather64', 'q_mean_var', 'q_sample', 'q_step_sample', 'posterior_mean_coefs', 'posterior_mean', 'posterior_variance', 'Target', 'TARGETS', 'get_target', 'score_from_x0', 'x0_from_score', 'x0_from_eps', 'eps_from_x0', 'v_from_x0_eps', 'x0_from_v', 'eps_from_v', 'score_from_eps', 'eps_from_score', 'x0_eps_from_output', 'target_from_x0_eps', 'simple_loss', 'vlb_weight', 'vlb_loss', 'LOSSES', 'prior_kl', 'denoising_kl', 'decoder_nll', 'BIN_WIDTH', 'gaussian_kl', 'expected_gaussian_log_prob', 'as_float64', 'check_variance', 'LinearGaussianReverse', 'optimal_linear_reverse', 'forward_trajectory_moments', 'sample_forward_trajectory', 'bridge_coefs', 'bridge_mean_var', 'conditional_mutual_information', 'log_q_step', 'log_q_marginal', 'log_q_posterior', 'VDMTerms', 'vdm_elbo_exact', 'vdm_log_evidence', 'vdm_terms_denoising', 'vdm_terms_consistency', 'vdm_terms_consistency_as_printed', 'vdm_elbo_estimates', 'ESTIMATORS', 'MonotoneGamma', 'alpha_bar_from_gamma', 'snr_from_gamma', 'schedule_from_gamma', 'continuous_vlb_integrand', 'mean_and_stderr', 'within_clt']

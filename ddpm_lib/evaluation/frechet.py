@@ -1,0 +1,233 @@
+"""Sample quality: classifier accuracy, the classifier-feature Fréchet distance with its bootstrap error and N-matched floor, and the sampler table.
+
+Glue over torchmetrics' Fréchet distance with the MNIST classifier of :mod:`ddpm_lib.models.classifier`
+as the feature extractor (chapter "Training a DDPM on MNIST").
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+from torch import nn
+from torchmetrics.image.fid import FrechetInceptionDistance
+
+from ..checkpoint import LoadedModel
+from ..devices import model_device
+from ..data import check_images, load_mnist, to_model
+from ..models.classifier import MnistClassifier
+from ..sampling.images import generate_images
+from ..sampling.loop import SAMPLERS
+
+__all__ = ["classifier_accuracy", "ClassifierFeatures", "classifier_features", "frechet_distance", "frechet_distances",
+           "frechet_bootstrap", "random_real_sets", "sampler_table"]
+
+
+@torch.no_grad()
+def classifier_accuracy(classifier: MnistClassifier, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000) -> float:
+    """Fraction of ``images`` (uint8 ``(N, 28, 28)``) whose predicted class equals ``labels``."""
+    classifier.eval()
+    correct = 0
+    for start in range(0, images.shape[0], batch_size):
+        logits = classifier(to_model(images[start : start + batch_size]))
+        correct += int((logits.argmax(1) == labels[start : start + batch_size]).sum())
+    return correct / images.shape[0]
+
+
+class ClassifierFeatures(nn.Module):
+    """The classifier's penultimate features of uint8 images ``(N, 1, 28, 28)``: torchmetrics' feature extractor."""
+
+    def __init__(self, classifier: MnistClassifier):
+        super().__init__()
+        self.classifier = classifier.eval()
+        self.num_features = classifier.config.features
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.classifier.features(to_model(images))
+
+
+class _GivenFeatures(nn.Module):
+    """torchmetrics' feature extractor for features computed beforehand: the identity on ``(N, F)``."""
+
+    def __init__(self, num_features: int):
+        super().__init__()
+        self.num_features = num_features
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return features
+
+
+def classifier_features(images: torch.Tensor, classifier: MnistClassifier, batch_size: int = 1000) -> torch.Tensor:
+    """The classifier's penultimate features of uint8 ``images`` ``(N, 28, 28)``: a float32 tensor ``(N, F)``.
+
+    Raises:
+        ValueError: for images of the wrong dtype or shape.
+    """
+    images = check_images(images)
+    extractor = ClassifierFeatures(classifier)
+    return torch.cat([extractor(images[start : start + batch_size, None]) for start in range(0, images.shape[0], batch_size)])
+
+
+def _fd_of_features(fakes: list[torch.Tensor], real: torch.Tensor) -> list[float]:
+    """torchmetrics' Fréchet distance of each ``(N_i, F)`` feature set in ``fakes`` to the ``(M, F)`` set ``real``."""
+    metric = FrechetInceptionDistance(feature=_GivenFeatures(real.shape[1]), reset_real_features=False)
+    metric.update(real, real=True)
+    distances = []
+    for fake in fakes:
+        metric.reset()  # drops the previous fake set's statistics; the real ones are kept
+        metric.update(fake, real=False)
+        distances.append(float(metric.compute()))
+    return distances
+
+
+def frechet_distances(fakes: list[torch.Tensor], real: torch.Tensor, classifier: MnistClassifier, batch_size: int = 1000) -> list[float]:
+    """Fréchet distance of each set in ``fakes`` to ``real``, in the classifier's features; uint8 images ``(N, 28, 28)``.
+
+    torchmetrics' ``FrechetInceptionDistance`` on :func:`classifier_features` (Heusel et al. 2017,
+    eq. 6, on MNIST-classifier features instead of Inception's). The real set's features are
+    computed once. Unitless; biased upward at small N, so compare with the same-N floor of real
+    images (:func:`sampler_table` does).
+
+    Returns:
+        One distance per set in ``fakes``, in order.
+
+    Raises:
+        ValueError: for images of the wrong dtype or shape (checked before any features are computed).
+    """
+    fakes = [check_images(fake, "fake images") for fake in fakes]
+    real = check_images(real, "real images")
+    real_features = classifier_features(real, classifier, batch_size)
+    return _fd_of_features([classifier_features(fake, classifier, batch_size) for fake in fakes], real_features)
+
+
+def frechet_distance(fake: torch.Tensor, real: torch.Tensor, classifier: MnistClassifier, batch_size: int = 1000) -> float:
+    """:func:`frechet_distances` of the single set ``fake`` to ``real``.
+
+    Raises:
+        ValueError: for images of the wrong dtype or shape.
+    """
+    return frechet_distances([fake], real, classifier, batch_size)[0]
+
+
+def frechet_bootstrap(
+    fakes: list[torch.Tensor], real: torch.Tensor, classifier: MnistClassifier, n_bootstrap: int = 200, seed: int = 0, batch_size: int = 1000
+) -> list[list[float]]:
+    """Bootstrap replicates of each fake set's Fréchet distance to ``real`` (Efron & Tibshirani 1993, ch. 6).
+
+    Replicate ``b`` resamples each fake set's N images with replacement, with the *same* indices for
+    every set of that size: sets drawn from the same noise (the rows of one budget in
+    :func:`sampler_table`) are then compared pairwise, and the spread of ``fd_a[b] - fd_b[b]`` is the
+    uncertainty of their difference. The standard deviation of one set's replicates approximates
+    the sampling error of its distance at that N; it is not exact (duplicated images shift the
+    replicates upward, and near the floor, where the distance behaves like a squared norm, it
+    overstates the spread): ``scripts/fd_calibration.py`` measures it against independent sets.
+    The reference ``real`` is held fixed (it is the whole test set).
+
+    Returns:
+        For each set in ``fakes``, a list of ``n_bootstrap`` distances.
+
+    Raises:
+        ValueError: for ``n_bootstrap < 2`` or images of the wrong dtype or shape.
+    """
+    if n_bootstrap < 2:
+        raise ValueError(f"frechet_bootstrap needs n_bootstrap >= 2 replicates, got {n_bootstrap}.")
+    fakes = [check_images(fake, "fake images") for fake in fakes]
+    real_features = classifier_features(check_images(real, "real images"), classifier, batch_size)
+    fake_features = [classifier_features(fake, classifier, batch_size) for fake in fakes]
+    gen = torch.Generator().manual_seed(seed)
+    indices = {n: torch.randint(n, (n_bootstrap, n), generator=gen) for n in sorted({f.shape[0] for f in fake_features})}
+    replicates = [_fd_of_features([f[indices[f.shape[0]][b]] for b in range(n_bootstrap)], real_features) for f in fake_features]
+    return replicates
+
+
+def random_real_sets(images: torch.Tensor, n: int, count: int, seed: int = 0) -> list[torch.Tensor]:
+    """``count`` disjoint sets of ``n`` images drawn at random (a seeded permutation) from ``images``.
+
+    The N-matched floor of a Fréchet distance compares *random* real digits with the reference, as
+    the model's samples are independent draws. Consecutive blocks of MNIST's training set are not
+    random draws: the set is ordered (by writer), and blocks of 2,000 give a floor about 65% higher
+    and 2.6 times as spread as random sets (measured with the shipped classifier).
+
+    Raises:
+        ValueError: if ``count * n`` exceeds the number of images, or ``n < 2`` or ``count < 1``.
+    """
+    if n < 2 or count < 1 or n * count > images.shape[0]:
+        raise ValueError(f"random_real_sets needs n >= 2, count >= 1 and n * count <= {images.shape[0]} images; got n = {n}, count = {count}.")
+    order = torch.randperm(images.shape[0], generator=torch.Generator().manual_seed(seed))
+    return [images[order[k * n : (k + 1) * n]] for k in range(count)]
+
+
+def _sd(values: list[float]) -> float:
+    mean = sum(values) / len(values)
+    return math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
+def sampler_table(
+    loaded: LoadedModel,
+    classifier: MnistClassifier,
+    n: int,
+    budgets: list[int],
+    samplers: tuple[str, ...] = ("ddpm", "ddpm-strided", "ddim", "dpm-solver-2m"),
+    seed: int = 0,
+    batch_size: int = 250,
+    floor_sets: int = 5,
+    n_bootstrap: int = 200,
+) -> dict:
+    """The Fréchet distance of ``n`` samples to the MNIST test set, for each sampler and number of network evaluations.
+
+    ``ddpm`` runs all ``T`` steps (one row); every other sampler runs each budget in ``budgets``.
+    Rows at the same budget start from the same seeded noise, so they are paired; rows at different
+    budgets share only their first batch (one generator draws ``x_T`` and every step's noise, batch
+    after batch, so its state after a batch depends on the number of steps). Beside each distance:
+
+    * ``fd_se``: the standard deviation of :func:`frechet_bootstrap` replicates (kept in
+      ``fd_bootstrap``, so that two rows of one budget get a paired error of their difference);
+      ``scripts/fd_calibration.py`` measures how it compares with the spread over independent sets;
+    * the N-matched floor: the distance of ``n`` real *training* digits to the same test set,
+      averaged over ``floor_sets`` disjoint sets drawn at random (:func:`random_real_sets` with
+      ``seed``), with their standard deviation ``floor_sd``;
+    * ``fd_ratio = fd / floor`` and its standard error, from ``fd_se`` and ``floor_sd /
+      sqrt(floor_sets)`` combined in quadrature (relative errors; first order).
+
+    Returns:
+        ``{"n", "floor", "floor_sd", "floor_sets", "floor_seed", "floor_values", "n_bootstrap", "threads", "device", "rows"}`` with rows
+        ``{"sampler", "nfe", "fd", "fd_se", "fd_ratio", "fd_ratio_se", "fd_bootstrap", "seconds"}``.
+
+    Raises:
+        ValueError: for ``n < 2``, ``floor_sets < 2``, ``n * floor_sets`` above the 60,000 training digits, an unknown
+            sampler, or a budget outside ``1..T``.
+    """
+    T = loaded.schedule.T
+    if n < 2:
+        raise ValueError(f"sampler_table needs n >= 2 samples, got {n}.")
+    train = load_mnist("train")[0]
+    if floor_sets < 2 or n * floor_sets > train.shape[0]:
+        raise ValueError(f"the floor needs 2 <= floor_sets and n * floor_sets <= {train.shape[0]} training digits; got n = {n}, floor_sets = {floor_sets}.")
+    unknown = [s for s in samplers if s not in SAMPLERS]
+    if unknown:
+        raise ValueError(f"unknown sampler(s) {unknown}; choose from {sorted(SAMPLERS)}.")
+    if any(not 1 <= b <= T for b in budgets):
+        raise ValueError(f"every budget must be in 1..T = 1..{T}, got {budgets}.")
+    reference = load_mnist("test")[0]
+    floor_values = frechet_distances(random_real_sets(train, n, floor_sets, seed), reference, classifier)
+    floor, floor_sd = sum(floor_values) / floor_sets, _sd(floor_values)
+    plan = [(s, T) if s == "ddpm" else (s, b) for s in samplers for b in ([T] if s == "ddpm" else budgets)]
+    samples, seconds = [], []
+    for name, nfe in plan:
+        t0 = time.perf_counter()
+        samples.append(generate_images(loaded, n, name, None if name == "ddpm" else nfe, 0.0, seed, batch_size))
+        seconds.append(time.perf_counter() - t0)
+    fds = frechet_distances(samples, reference, classifier)
+    boots = frechet_bootstrap(samples, reference, classifier, n_bootstrap, seed)
+    floor_rel_se = floor_sd / math.sqrt(floor_sets) / floor
+    rows = []
+    for (name, nfe), fd, boot, sec in zip(plan, fds, boots, seconds):
+        fd_se = _sd(boot)
+        ratio = fd / floor
+        rows.append({"sampler": name, "nfe": nfe, "fd": fd, "fd_se": fd_se, "fd_ratio": ratio,
+                     "fd_ratio_se": ratio * math.hypot(fd_se / fd, floor_rel_se), "fd_bootstrap": boot, "seconds": round(sec, 1)})
+    return {"n": n, "floor": floor, "floor_sd": floor_sd, "floor_sets": floor_sets, "floor_seed": seed, "floor_values": floor_values,
+            "n_bootstrap": n_bootstrap, "threads": torch.get_num_threads(),
+            "device": str(model_device(loaded.model)), "rows": rows}

@@ -1,0 +1,12 @@
+"""Networks only: ``(x_t, t[, y]) -> output``. They know nothing of schedules or samplers.
+"""
+
+from __future__ import annotations
+
+from .unet import (UNetConfig, UNet, timestep_embedding)
+from .classifier import (ClassifierConfig, MnistClassifier)
+from .config import (DictConfig)
+from .vae import (VAEConfig, VAE, ELBOTerms, reparameterize, kl_diag_gaussian_to_standard_normal, discretized_logistic_log_prob, elbo_terms, NUM_PIXELS)
+from .mlp import (ToyDenoiser)
+
+__all__ = ['UNetConfig', 'UNet', 'timestep_embedding', 'ClassifierConfig', 'MnistClassifier', 'DictConfig', 'VAEConfig', 'VAE', 'ELBOTerms', 'reparameterize', 'kl_diag_gaussian_to_standard_normal', 'discretized_logistic_log_prob', 'elbo_terms', 'NUM_PIXELS', 'ToyDenoiser']

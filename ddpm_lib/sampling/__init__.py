@@ -1,0 +1,14 @@
+"""Sampling: denoisers and their wrappers, the steps of each sampler, the one shared loop, and drawing images.
+
+A step gets the denoiser and the generator (``step(denoiser, x, t, t_prev, schedule, generator, state)
+-> (x_prev, state)``), so Heun, predictor-corrector and guided steps are ordinary steps of :func:`iterate`.
+"""
+
+from __future__ import annotations
+
+from .denoisers import (Denoiser, ScoreFn, model_denoiser, clip_denoiser, score_from_denoiser, denoiser_from_score)
+from .steps import (standard_normal, ddpm_update, ddim_update, dpm_solver_2m_update, ddpm_step, ddim_step, dpm_solver_2m_step, heun_step)
+from .loop import (Step, SamplerState, iterate, sample, ddim_timesteps, SAMPLERS, sampler_plan)
+from .images import (generate_images)
+
+__all__ = ['Denoiser', 'ScoreFn', 'model_denoiser', 'clip_denoiser', 'score_from_denoiser', 'denoiser_from_score', 'standard_normal', 'ddpm_update', 'ddim_update', 'dpm_solver_2m_update', 'ddpm_step', 'ddim_step', 'dpm_solver_2m_step', 'heun_step', 'Step', 'SamplerState', 'iterate', 'sample', 'ddim_timesteps', 'SAMPLERS', 'sampler_plan', 'generate_images']

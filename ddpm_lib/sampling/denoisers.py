@@ -1,0 +1,81 @@
+"""Denoisers: a network becomes a callable ``(x_t, t) -> x0_hat``, and wrappers turn one denoiser into another.
+
+A *denoiser* is any callable ``denoiser(xt, t) -> x0_hat`` with ``xt`` of shape ``(B, ...)``, ``t`` an
+integer tensor ``(B,)`` in ``1..T`` (the book's time convention, notation page), and ``x0_hat`` of
+``xt``'s shape and dtype. A conditional denoiser closes over its labels. Samplers only ever see a
+denoiser, so a wrapper (clipping, guidance in Part V) gives every sampler the same behaviour.
+
+The score and the denoiser carry the same information (Tweedie's formula, book eq. ``tweedie``):
+:func:`score_from_denoiser` and :func:`denoiser_from_score` convert between them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from ..core.schedules import Schedule
+from ..core.targets import get_target, score_from_x0, x0_from_score
+
+__all__ = ["Denoiser", "ScoreFn", "model_denoiser", "clip_denoiser", "score_from_denoiser", "denoiser_from_score"]
+
+Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def model_denoiser(
+    model: Callable[..., torch.Tensor], schedule: Schedule, target: str, labels: torch.Tensor | None = None
+) -> Denoiser:
+    """Wrap a network trained for ``target`` into a denoiser returning ``x0_hat``.
+
+    Args:
+        model: ``model(xt, t) -> output``, or ``model(xt, t, labels)`` when ``labels`` is given.
+        target: a name in :data:`ddpm_lib.core.targets.TARGETS`; its ``to_x0_eps`` converts the output.
+        labels: int64 ``(B,)`` class labels the conditional denoiser closes over (the batch it is
+            called with must have ``B`` rows), or ``None`` for an unconditional model.
+
+    Raises:
+        ValueError: for an unknown target (at once, not at the first call).
+    """
+    to_x0_eps = get_target(target).to_x0_eps
+
+    def denoiser(xt: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        output = model(xt, t) if labels is None else model(xt, t, labels)
+        return to_x0_eps(output, xt, t, schedule)[0]
+
+    return denoiser
+
+
+def clip_denoiser(denoiser: Denoiser, lo: float = -1.0, hi: float = 1.0) -> Denoiser:
+    """Clamp a denoiser's ``x0_hat`` to ``[lo, hi]``, the data range (Ho et al. 2020, §3.3 and their code)."""
+
+    def clipped(xt: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return denoiser(xt, t).clamp(lo, hi)
+
+    return clipped
+
+
+def score_from_denoiser(denoiser: Denoiser, schedule: Schedule) -> ScoreFn:
+    """The score :math:`\\nabla_{x_t}\\log q(x_t)` that a denoiser implies (Tweedie, book eq. ``tweedie``).
+
+    Returns ``score(xt, t)`` of ``xt``'s shape and dtype, in units of 1 / ``x``; needs ``t >= 1``.
+    """
+
+    def score(xt: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return score_from_x0(xt, t, denoiser(xt, t), schedule)
+
+    return score
+
+
+def denoiser_from_score(score: ScoreFn, schedule: Schedule) -> Denoiser:
+    """The denoiser a score function implies, :math:`\\hat x_0 = (x_t + (1-\\bar\\alpha_t)\\,s)/\\sqrt{\\bar\\alpha_t}`.
+
+    The inverse of :func:`score_from_denoiser` (book eq. ``tweedie``): an exact score (a toy's)
+    becomes an exact denoiser that every sampler accepts.
+    """
+
+    def denoiser(xt: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return x0_from_score(xt, t, score(xt, t), schedule)
+
+    return denoiser

@@ -1,0 +1,70 @@
+"""Drawing images from a trained DDPM with a named sampler: uint8 digits out, seeded.
+
+Glue over the loop (:mod:`ddpm_lib.sampling.loop`), the denoisers and the pixel conversion of
+:mod:`ddpm_lib.data`; used by the command line, the evaluation and the chapters.
+"""
+
+from __future__ import annotations
+
+import torch
+from tqdm.auto import tqdm
+
+from ..checkpoint import LoadedModel
+from ..devices import model_device
+from ..data import to_uint8
+from .denoisers import clip_denoiser, model_denoiser
+from .loop import iterate, sampler_plan
+
+__all__ = ["generate_images"]
+
+
+@torch.no_grad()
+def generate_images(
+    loaded: LoadedModel,
+    n: int,
+    sampler: str = "ddpm",
+    steps: int | None = None,
+    eta: float = 0.0,
+    seed: int = 0,
+    batch_size: int = 256,
+    progress: bool = False,
+    labels: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Draw ``n`` images from a DDPM with a named sampler; uint8 ``(n, 28, 28)`` on the CPU.
+
+    The denoiser's ``x0_hat`` is clipped to ``[-1, 1]`` (Ho et al. 2020). Seeded: ``x_T`` and every
+    step's noise come from one CPU generator seeded ``seed`` (drawn on the CPU and moved to
+    ``device``, see :func:`~ddpm_lib.sampling.iterate`), so the same arguments give the same
+    images on the same device, and the same noise on every device.
+
+    Args:
+        progress: show a progress bar over the network evaluations (DDPM's 1000 steps take minutes
+            on a CPU). Off by default, for library use and tests.
+        labels: int64 ``(n,)`` class labels for a conditional model (each batch's denoiser closes
+            over its slice), or ``None``.
+
+    Raises:
+        ValueError: if ``n < 1``, ``labels`` is not of shape ``(n,)``, or from :func:`sampler_plan`.
+    """
+    if n < 1:
+        raise ValueError(f"the number of images must be >= 1, got {n}.")
+    if labels is not None and tuple(torch.as_tensor(labels).shape) != (n,):
+        raise ValueError(f"labels must have shape ({n},), one per image; got {tuple(torch.as_tensor(labels).shape)}.")
+    step, timesteps = sampler_plan(sampler, loaded.schedule.T, steps, eta)
+    model = loaded.model.eval()
+    device = model_device(model)
+    gen = torch.Generator().manual_seed(seed)
+    starts = range(0, n, batch_size)
+    bar = tqdm(total=len(starts), disable=not progress, desc=f"sample {sampler}", unit="batch")
+    out = []
+    for start in starts:
+        size = min(batch_size, n - start)
+        y = None if labels is None else torch.as_tensor(labels)[start : start + size].to(device)
+        denoiser = clip_denoiser(model_denoiser(model, loaded.schedule, loaded.target, y))
+        x_T = torch.randn((size, 1, 28, 28), generator=gen).to(device)
+        for state in iterate(denoiser, loaded.schedule, step, x_T, timesteps, gen):
+            bar.set_postfix(nfe=state.nfe, refresh=False)
+        bar.update(1)
+        out.append(to_uint8(state.xt))
+    bar.close()
+    return torch.cat(out)
