@@ -269,6 +269,20 @@ def load_classifier(path: str | Path, device: str | torch.device = "cpu") -> Mni
     return model.to(device).eval()
 
 
+def save_classifier(path: str | Path, model: MnistClassifier, meta: dict) -> Path:
+    """Write a classifier checkpoint (``kind: "classifier"``): its weights, its config, and ``meta``
+    (``train`` settings, ``test_accuracy``, ``command``), atomically.
+
+    Raises:
+        ValueError: if ``meta`` tries to set ``kind`` or ``classifier`` itself.
+    """
+    if {"kind", "classifier"} & set(meta):
+        raise ValueError("save_classifier writes 'kind' and 'classifier' itself; leave them out of meta.")
+    save_checkpoint(path, {f"model.{k}": v for k, v in model.state_dict().items()},
+                    {"kind": "classifier", "classifier": model.config.to_dict(), **meta})
+    return Path(path)
+
+
 def load_vae(path_or_name: str | Path = "vae-mnist", device: str | torch.device = "cpu") -> tuple[VAE, dict]:
     """Load a VAE from a ``train-vae`` checkpoint, an exported weights file, or a shipped name (default ``"vae-mnist"``).
 
@@ -305,6 +319,22 @@ def export_weights(checkpoint: str | Path, out: str | Path, command: str) -> Pat
     meta["command"] = command
     meta["exported_from_step"] = ckpt.meta.get("exported_from_step", ckpt.meta.get("state", {}).get("step"))
     save_checkpoint(out, tensors, meta)
+    return Path(out)
+
+
+def export_vae(checkpoint: str | Path, out: str | Path, test: dict) -> Path:
+    """Write a slim copy of a ``train-vae`` checkpoint for shipping: float32 weights and the JSON, with ``test`` added.
+
+    Adam's moments and the generator's state are dropped; ``test`` (the test-set bits/dim of
+    :func:`ddpm_lib.evaluation.vae_test_metrics`) is stored as ``meta["test"]``.
+
+    Raises:
+        FileNotFoundError, ValueError: as :func:`read_checkpoint`; ``ValueError`` also if the checkpoint is not a VAE's.
+    """
+    ckpt = _read_of_kind(checkpoint, "vae", "VAE", "pass a checkpoint written by `python -m ddpm_lib train-vae`")
+    meta = {k: v for k, v in ckpt.meta.items() if k in ("kind", "model", "train", "state", "command")}
+    meta["test"] = test
+    save_checkpoint(out, {f"model.{k}": v.float() for k, v in ckpt.prefixed("model").items()}, meta)
     return Path(out)
 
 

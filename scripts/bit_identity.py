@@ -63,11 +63,12 @@ torch.save(out, sys.argv[1])
 """
 
 
-def run_side(code: str, pythonpath: Path, out: Path) -> dict:
+def start_side(code: str, pythonpath: Path, out: Path) -> subprocess.Popen:
+    # one thread each, the two sides side by side; run outside the repository, so that the working tree's
+    # ddpm_lib does not shadow the base's
     env = dict(os.environ, PYTHONPATH=str(pythonpath), OMP_NUM_THREADS="1")
-    subprocess.run([sys.executable, "-c", code % {"models": MODELS, "cases": CASES}, str(out)], env=env, check=True,
-                   cwd=tempfile.gettempdir())  # not the repository, so that the working tree's ddpm_lib does not shadow the base
-    return torch.load(out)
+    return subprocess.Popen([sys.executable, "-c", code % {"models": MODELS, "cases": CASES}, str(out)], env=env,
+                            cwd=tempfile.gettempdir())
 
 
 def main() -> int:
@@ -81,8 +82,11 @@ def main() -> int:
         base_dir.mkdir()
         archive = subprocess.run(["git", "-C", str(repo), "archive", args.base, "ddpm_lib"], check=True, capture_output=True).stdout
         subprocess.run(["tar", "-x", "-C", str(base_dir)], input=archive, check=True)
-        base = run_side(BASE_SIDE, base_dir, tmp / "base.pt")
-        head = run_side(HEAD_SIDE, repo, tmp / "head.pt")
+        sides = [start_side(BASE_SIDE, base_dir, tmp / "base.pt"), start_side(HEAD_SIDE, repo, tmp / "head.pt")]
+        if any(side.wait() != 0 for side in sides):
+            print("a side failed (see above)")
+            return 2
+        base, head = torch.load(tmp / "base.pt"), torch.load(tmp / "head.pt")
     bad = 0
     for key in base:
         same = torch.equal(base[key], head[key])

@@ -101,3 +101,26 @@ def test_export_takes_shipped_names_and_refuses_other_kinds(tmp_path, capsys):
     assert read_checkpoint(out).meta["command"] == "test"
     assert main(["export", "--checkpoint", "mnist-classifier", "--out", str(tmp_path / "c.safetensors")]) == 2
     assert "not a DDPM" in capsys.readouterr().err
+
+
+def test_train_classifier_command_measures_and_saves(tmp_path, monkeypatch, capsys):
+    import ddpm_lib.data
+    import ddpm_lib.training.classifier
+    from ddpm_lib.checkpoint import load_classifier
+
+    g = torch.Generator().manual_seed(0)
+    fake = {split: (torch.randint(0, 256, (32, 28, 28), dtype=torch.uint8, generator=g), torch.randint(0, 10, (32,), generator=g))
+            for split in ("train", "test")}
+    for module in (ddpm_lib.data, ddpm_lib.training.classifier):
+        monkeypatch.setattr(module, "load_mnist", lambda split: fake[split])
+    out = tmp_path / "clf.safetensors"
+    torch.manual_seed(5)
+    before = torch.get_rng_state()
+    assert main(["train-classifier", "--out", str(out), "--epochs", "1", "--no-progress"]) in (0, None)
+    assert torch.equal(torch.get_rng_state(), before)  # training forks the global generator
+    meta = read_checkpoint(out).meta
+    assert meta["kind"] == "classifier" and meta["train"]["epochs"] == 1 and meta["command"].startswith("python -m ddpm_lib")
+    clf = load_classifier(out)
+    predicted = clf(ddpm_lib.data.to_model(fake["test"][0])).argmax(1)
+    assert meta["test_accuracy"] == float((predicted == fake["test"][1]).double().mean())  # the accuracy of the saved weights
+    assert f"test accuracy: {meta['test_accuracy']:.4f}" in capsys.readouterr().out

@@ -61,7 +61,7 @@ def make_case(schedule: Schedule, seed: int, t_min: int = 2, batch: int = 48):
 
 def true_target(c, target: str) -> torch.Tensor:
     a, s = c["ab"].sqrt(), (1 - c["ab"]).sqrt()
-    return {"eps": c["eps"], "x0": c["x0"], "v": a * c["eps"] - s * c["x0"]}[target]
+    return {"eps": c["eps"], "x0": c["x0"], "v": a * c["eps"] - s * c["x0"], "score": -c["eps"] / s}[target]
 
 
 def x0_from_output(c, output: torch.Tensor, target: str) -> torch.Tensor:
@@ -70,6 +70,8 @@ def x0_from_output(c, output: torch.Tensor, target: str) -> torch.Tensor:
         return (c["xt"] - s * output) / a
     if target == "x0":
         return output
+    if target == "score":
+        return (c["xt"] + s**2 * output) / a  # Tweedie, x0 = (x_t + (1 - ab) score) / sqrt(ab)
     return a * c["xt"] - s * output  # v
 
 
@@ -124,10 +126,10 @@ def test_simple_loss_zero_for_the_true_target(target):
     output = true_target(c, target)
     loss = simple_loss(output, c["x0"], c["eps"], c["t"], schedule, target)
     assert loss.shape == ()
-    # eps and x0 are returned as given (exactly 0); v is recomputed by the library from x0 and eps and
-    # differs from ours by alpha_bar's round-off (<= t ulps / (1 - ab) relative in sqrt(1 - ab), i.e.
-    # <= 1e-11 here), so the mean square is below (1e-10 * max|v|)^2.
-    if target == "v":
+    # eps and x0 are returned as given (exactly 0); v and the score are recomputed by the library from x0 and eps
+    # and differ from ours by alpha_bar's round-off (<= t ulps / (1 - ab) relative in sqrt(1 - ab), i.e.
+    # <= 1e-11 here), so the mean square is below (1e-10 * max|output|)^2.
+    if target in ("v", "score"):
         assert loss.item() <= (1e-10 * output.abs().max().item()) ** 2
     else:
         assert loss.item() == 0.0
@@ -153,6 +155,17 @@ def test_simple_loss_is_the_mean_square_error(target):
 def test_vlb_weight_times_squared_error_is_the_kl(name, target):
     ok, msg = weight_matches_kl(vlb_weight, SCHEDULES[name], target, seed=2)
     assert ok, msg
+
+
+@pytest.mark.parametrize("name", list(SCHEDULES))
+def test_check_rejects_the_score_weighted_like_eps(name):
+    """The KL check tells the score's weight, w^x0 (1 - ab)^2 / ab (each TARGETS row's vlb_from_x0_weight, read by
+    vlb_weight), from eps's w^x0 (1 - ab) / ab: a score network trained with the eps weight is caught."""
+    def eps_weight(t, sch, target, like):
+        return vlb_weight(t, sch, "eps", like)
+
+    ok, msg = weight_matches_kl(eps_weight, SCHEDULES[name], "score", seed=5)
+    assert not ok, f"the planted weight passed: {msg}"
 
 
 @pytest.mark.parametrize("name", list(SCHEDULES))
@@ -211,7 +224,7 @@ def test_vlb_loss_is_the_mean_kl(target):
 # --- errors ----------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("target", ["score", "epsilon", ""])
+@pytest.mark.parametrize("target", ["scores", "epsilon", ""])
 def test_unknown_target_raises(target):
     schedule = SCHEDULES["linear"]
     x = torch.zeros(2, 3, dtype=torch.float64)

@@ -18,11 +18,14 @@ from ddpm_lib.core.targets import (
     eps_from_score,
     eps_from_v,
     eps_from_x0,
+    get_target,
     score_from_eps,
+    score_from_x0,
     target_from_x0_eps,
     v_from_x0_eps,
     x0_eps_from_output,
     x0_from_eps,
+    x0_from_score,
     x0_from_v,
 )
 from ddpm_lib.core.schedules import Schedule, cosine_schedule, linear_schedule
@@ -62,7 +65,7 @@ def case(schedule):
     ab = loop_alpha_bar(schedule, t)
     a, s = ab.sqrt(), (1.0 - ab).sqrt()
     xt = a * x0 + s * eps  # the definition, written here
-    return dict(t=t, x0=x0, eps=eps, xt=xt, a=a, s=s, v=a * eps - s * x0)
+    return dict(t=t, x0=x0, eps=eps, xt=xt, a=a, s=s, v=a * eps - s * x0, score=-eps / s)
 
 
 def assert_within(got: torch.Tensor, ref: torch.Tensor, tol: torch.Tensor) -> None:
@@ -111,12 +114,15 @@ def test_score_round_trip(schedule, case):
 @pytest.mark.parametrize("target", TARGETS)
 def test_x0_eps_from_true_target(schedule, case, target):
     c = case
-    true_output = {"eps": c["eps"], "x0": c["x0"], "v": c["v"]}[target]
-    assert_within(target_from_x0_eps(c["x0"], c["eps"], c["t"], schedule, target), true_output, base_tol(c))
+    true_output = c[target]
+    # the score is -eps / sqrt(1 - ab): the relative error of sqrt(1 - ab) (in base_tol) over sqrt(1 - ab)
+    div_out = c["s"] if target == "score" else 1.0
+    assert_within(target_from_x0_eps(c["x0"], c["eps"], c["t"], schedule, target), true_output, base_tol(c) / div_out)
     x0_hat, eps_hat = x0_eps_from_output(true_output, c["xt"], c["t"], schedule, target)
     assert x0_hat.shape == eps_hat.shape == c["x0"].shape
-    # eps -> x0 divides by sqrt(ab); x0 -> eps divides by sqrt(1 - ab); v needs no division
-    div_x0 = c["a"] if target == "eps" else 1.0
+    # eps (and the score, through eps = -sqrt(1 - ab) score) -> x0 divides by sqrt(ab); x0 -> eps divides by
+    # sqrt(1 - ab); v needs no division
+    div_x0 = c["a"] if target in ("eps", "score") else 1.0
     div_eps = c["s"] if target == "x0" else 1.0
     assert_within(x0_hat, c["x0"], base_tol(c) / div_x0)
     assert_within(eps_hat, c["eps"], base_tol(c) / div_eps)
@@ -166,7 +172,7 @@ def test_score_from_eps_is_the_gaussian_score(schedule, case):
 # --- errors ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("target", ["score", "epsilon", "", "X0"])
+@pytest.mark.parametrize("target", ["scores", "epsilon", "", "X0", None])
 def test_unknown_target_raises(target):
     schedule = SCHEDULES["linear"]
     x = torch.zeros(2, 3, dtype=torch.float64)
@@ -177,8 +183,36 @@ def test_unknown_target_raises(target):
         target_from_x0_eps(x, x, t, schedule, target)
 
 
-def test_targets_are_the_documented_three():
-    assert set(TARGETS) == {"eps", "x0", "v"}
+def test_targets_are_the_documented_four():
+    assert list(TARGETS) == ["eps", "x0", "v", "score"]
+    for name, target in TARGETS.items():
+        assert target.name == name and get_target(name) is target
+
+
+def test_vlb_from_x0_weight_is_the_squared_jacobian():
+    """vlb_from_x0_weight(w, ab) = w (d x0 / d output)^2 at fixed x_t: 1, 1/SNR, 1 - ab, (1 - ab)^2 / ab (book eq.
+    target-weights), written out here; the ELBO check of each weight is in test_losses.py."""
+    ab = torch.tensor([0.999, 0.5, 1e-4], dtype=torch.float64)
+    w = torch.tensor([2.0, 3.0, 5.0], dtype=torch.float64)
+    expected = {"x0": w, "eps": w * (1 - ab) / ab, "v": w * (1 - ab), "score": w * (1 - ab) ** 2 / ab}
+    for name, ref in expected.items():
+        # the same few float64 operations in another order: a few ulps
+        assert torch.allclose(TARGETS[name].vlb_from_x0_weight(w, ab), ref, rtol=8 * EPS64, atol=0.0), name
+
+
+# --- Tweedie with x0: score_from_x0 and x0_from_score ------------------------------------------------------
+
+
+def test_score_from_x0_is_the_conditional_score_and_inverts(schedule, case):
+    """With the true x0 (point-mass data), (sqrt(ab) x0 - x_t) / (1 - ab) = -eps / sqrt(1 - ab), the score of
+    q(x_t | x0); x0_from_score inverts it."""
+    c = case
+    score = score_from_x0(c["xt"], c["t"], c["x0"], schedule)
+    # x_t - a x0 carries base_tol of absolute error, divided by s^2 (and s^2 carries the relative error in base_tol)
+    assert_within(score, c["score"], base_tol(c) / c["s"] ** 2)
+    # back: x_t + s^2 score = a x0 + O(base_tol), divided by a
+    assert_within(x0_from_score(c["xt"], c["t"], score, schedule), c["x0"], base_tol(c) / c["a"])
+    assert score.dtype == torch.float64 and score.shape == c["x0"].shape
 
 
 def test_float32_keeps_dtype():

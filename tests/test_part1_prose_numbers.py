@@ -27,7 +27,7 @@ from ddpm_lib.core.montecarlo import mean_and_stderr
 from ddpm_lib.core.posterior import posterior_mean, posterior_variance
 from ddpm_lib.toys.mixture import GaussianMixture
 from ddpm_lib.training.vae import VAETrainConfig, _lr_at
-from ddpm_lib.models.vae import bits_per_dim
+from ddpm_lib.core.likelihood import bits_per_dim
 
 from prose import NOTEBOOKS, markdown, rounds_to, stated
 

@@ -11,8 +11,8 @@ from torch.distributions import Independent, Normal, kl_divergence
 
 from ddpm_lib.__main__ import build_parser, main
 from ddpm_lib.teaching.checkers import check_bits_per_dim, check_kl_to_standard_normal
-from ddpm_lib.checkpoint import load_model, load_vae, read_checkpoint, resolve_checkpoint, save_checkpoint
-from ddpm_lib.evaluation import evaluate_vae
+from ddpm_lib.checkpoint import export_vae, load_model, load_vae, read_checkpoint, resolve_checkpoint, save_checkpoint
+from ddpm_lib.evaluation import evaluate_vae, vae_test_metrics
 from ddpm_lib.core.montecarlo import mean_and_stderr
 from ddpm_lib.teaching.symbolic import gaussian_logpdf, is_equal
 from ddpm_lib.training import VAETrainConfig, train_vae
@@ -115,7 +115,7 @@ def test_bits_per_dim_and_its_checker():
 
 ALL_LEVELS = to_model(torch.arange(256, dtype=torch.uint8).reshape(1, 16, 16))  # float32 k / 127.5 - 1, k = 0..255
 OFF_GRID = [
-    ("two thousandths of a level off", ALL_LEVELS + 0.002 / 127.5),
+    ("two thousandths of a level off", ALL_LEVELS.reshape(-1)[:255] + 0.002 / 127.5),  # k = 0..254, inside [-1, 1]
     ("one level past 1", torch.tensor([1.0 + 2 / 255])),
     ("one level below -1", torch.tensor([-1.0 - 2 / 255])),
     ("NaN", torch.tensor([0.0, float("nan")])),
@@ -183,7 +183,8 @@ def test_train_vae_resumes_exactly_and_refuses_other_configs(tmp_path, images):
 
 def test_export_and_load(tmp_path, images):
     out = tmp_path / "w.safetensors"
-    train_vae(TINY, tmp_path / "run", steps=2, images=images, progress=False, command="cmd", export=out, test_images=images[:10])
+    run = train_vae(TINY, tmp_path / "run", steps=2, images=images, progress=False, command="cmd")
+    export_vae(run, out, vae_test_metrics(load_vae(run)[0], images[:10], seed=0))
     model, meta = load_vae(out)
     assert meta["kind"] == "vae" and meta["command"] == "cmd" and meta["test"]["images"] == 10
     assert not any(k.startswith("optim.") for k in read_checkpoint(out).tensors)

@@ -150,7 +150,8 @@ def test_steps_are_their_update_with_the_generators_noise():
     assert state is None and len(seen) == 1 and seen[0][0] is x and torch.equal(seen[0][1], t)
     assert torch.equal(out, ddpm_update(x, t, t_prev, torch.tanh(x), noise, schedule))
     out, state = ddim_step(denoiser, x, t, torch.full((3,), 10), schedule, torch.Generator().manual_seed(16), eta=0.4)
-    assert state is None and torch.equal(out, ddim_update(x, t, torch.full((3,), 10), torch.tanh(x), noise, schedule, eta=0.4))
+    expected = ddim_update(x, t, torch.full((3,), 10), torch.tanh(x), noise, schedule, eta=0.4)
+    assert state is None and torch.equal(out, expected)
     # eta = 0 draws nothing: the generator is left where it was
     g = torch.Generator().manual_seed(17)
     before = g.get_state()
@@ -330,11 +331,7 @@ def test_generate_images_progress_bar(capsys):
     from ddpm_lib.checkpoint import LoadedModel
     from ddpm_lib.sampling import generate_images
 
-    class ZeroNet(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.unused = torch.nn.Parameter(torch.zeros(()))  # generate_images runs where the parameters are
-
+    class ZeroNet(torch.nn.Module):  # no parameters: generate_images then runs on the CPU
         def forward(self, xt, t):
             return torch.zeros_like(xt)
 
@@ -477,7 +474,7 @@ def check_gaussian_sampling(step, schedule: Schedule, seed: int) -> tuple[bool, 
 
 
 def wrong_ddpm_step_variance_as_std(denoiser, xt, t, t_prev, schedule, generator=None, state=None):
-    """Planted mistake, a step of the protocol: scales the noise by tilde_beta_t (a variance) instead of its square root."""
+    """Planted mistake, a step of the protocol: scales the noise by tilde_beta_t (a variance), not its square root."""
     x0_hat, noise = denoiser(xt, t), standard_normal(xt, generator)
     c0 = schedule.alpha_bar[t - 1].sqrt() * schedule.beta[t] / (1 - schedule.alpha_bar[t])
     c1 = (1 - schedule.beta[t]).sqrt() * (1 - schedule.alpha_bar[t - 1]) / (1 - schedule.alpha_bar[t])

@@ -5,6 +5,6 @@ from __future__ import annotations
 
 from .elbo import (elbo_strata, elbo_bits_per_dim)
 from .frechet import (classifier_accuracy, ClassifierFeatures, classifier_features, frechet_distance, frechet_distances, frechet_bootstrap, random_real_sets, sampler_table)
-from .vae import (evaluate_vae)
+from .vae import (evaluate_vae, vae_test_metrics)
 
-__all__ = ['elbo_strata', 'elbo_bits_per_dim', 'classifier_accuracy', 'ClassifierFeatures', 'classifier_features', 'frechet_distance', 'frechet_distances', 'frechet_bootstrap', 'random_real_sets', 'sampler_table', 'evaluate_vae']
+__all__ = ['elbo_strata', 'elbo_bits_per_dim', 'classifier_accuracy', 'ClassifierFeatures', 'classifier_features', 'frechet_distance', 'frechet_distances', 'frechet_bootstrap', 'random_real_sets', 'sampler_table', 'evaluate_vae', 'vae_test_metrics']

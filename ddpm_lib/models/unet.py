@@ -81,7 +81,9 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
     """Sinusoidal embedding of timesteps (Vaswani et al. 2017, §3.5; Ho et al. 2020, App. B).
 
     Args:
-        t: shape ``(B,)``, integer or float timesteps.
+        t: shape ``(B,)``, time in units of steps (book: notation page, "Continuous time"): integers on
+            the discrete chain, the float ``T * u`` in continuous time. Cast to float32, so a non-integer
+            time is kept to about ``6e-5`` of a step near ``t = 1000``; integers are exact.
         dim: even embedding width.
 
     Returns:
@@ -133,7 +135,8 @@ class UNet(nn.Module):
 
     Args (of ``forward``):
         xt: float tensor ``(B, in_channels, image_size, image_size)``, pixels in the model range.
-        t: integer tensor ``(B,)``, timesteps in ``1..T``.
+        t: tensor ``(B,)``, time in units of steps: integers ``1..T`` on the discrete chain, or the float
+            ``T * u`` in continuous time (see :func:`timestep_embedding`).
         y: int64 labels ``(B,)`` in ``0..num_classes`` (``num_classes`` = no label) for a
             conditional model; must be ``None`` for an unconditional one.
 

@@ -45,8 +45,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..core.likelihood import BIN_WIDTH, check_on_pixel_grid
-from ..core.likelihood import bits_per_dim  # noqa: F401  TRANSITIONAL, not in __all__: delete this line once
-# ddpm_lib/training/vae.py, tests/test_part1_prose_numbers.py and notebooks/vae.ipynb import it from ddpm_lib.core.likelihood
 from .config import DictConfig
 
 __all__ = [

@@ -12,7 +12,8 @@ from tqdm.auto import tqdm
 
 from ..checkpoint import read_checkpoint, remove_stale_temp_files, save_checkpoint
 from ..data import load_mnist, to_model
-from ..models.vae import VAE, VAEConfig, bits_per_dim, elbo_terms
+from ..core.likelihood import bits_per_dim
+from ..models.vae import VAE, VAEConfig, elbo_terms
 from .runs import CHECKPOINT_NAME, batch_indices, check_not_past, comparable, flatten_optimizer, run_folder, unflatten_optimizer
 
 __all__ = ["VAETrainConfig", "train_vae"]
@@ -69,8 +70,6 @@ def train_vae(
     images: torch.Tensor | None = None,
     progress: bool = True,
     command: str = "",
-    export: str | Path | None = None,
-    test_images: torch.Tensor | None = None,
 ) -> Path:
     """Train (or resume) the VAE on uint8 ``images`` (default: the 60,000 MNIST training images), on the CPU.
 
@@ -87,9 +86,11 @@ def train_vae(
         images: uint8 ``(N, 28, 28)`` training images.
         progress: show a tqdm bar.
         command: the command line that started the run (stored in the JSON).
-        export: if given, also write a weights-only file there (float32 weights and the JSON,
-            including the test-set bits/dim when ``test_images`` or MNIST's test set is available).
-        test_images: uint8 test images for the exported file's bits/dim (default: the MNIST test set).
+
+    The weights are initialised from ``config.seed`` with the global generator forked (the caller's
+    is left as it was). Shipping a trained VAE with its test bits/dim is the command line's
+    ``train-vae --export``: :func:`ddpm_lib.evaluation.vae_test_metrics`, then
+    :func:`ddpm_lib.checkpoint.export_vae`.
 
     Returns:
         The path of the checkpoint.
@@ -98,15 +99,14 @@ def train_vae(
         ValueError: if ``out_dir`` is a file or holds a checkpoint of another configuration or one
             already past ``steps``.
     """
-    from ..evaluation.vae import evaluate_vae  # evaluation sits beside training: imported when used
-
     if steps is not None:
         config = replace(config, steps=steps)
     out = run_folder(out_dir)
     path = out / CHECKPOINT_NAME
     remove_stale_temp_files(path, legacy=True)
-    torch.manual_seed(config.seed)
-    model = VAE(config.model)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        model = VAE(config.model)
     opt = torch.optim.Adam(model.parameters(), lr=config.lr)
     gen = torch.Generator().manual_seed(config.seed)
     step, wall = 0, 0.0
@@ -152,14 +152,4 @@ def train_vae(
     bar.close()
     if not path.exists():
         save()
-    if export is not None:
-        test = load_mnist("test")[0] if test_images is None else test_images
-        terms = evaluate_vae(model, test, seed=0)
-        nll = -terms.elbo
-        meta = {"kind": "vae", "model": config.model.to_dict(), "train": config.to_json(),
-                "state": {"step": step, "wall_s": round(wall, 2)}, "command": command,
-                "test": {"images": int(test.shape[0]), "eval_seed": 0,
-                         "bits_per_dim": round(float(bits_per_dim(nll.mean())), 5),
-                         "bits_per_dim_stderr": round(float(bits_per_dim(nll.std() / math.sqrt(nll.numel()))), 5)}}
-        save_checkpoint(export, {f"model.{k}": v.float() for k, v in model.state_dict().items()}, meta)
     return path
