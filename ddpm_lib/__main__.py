@@ -189,9 +189,9 @@ def _cmd_sampler_table(args: argparse.Namespace) -> None:
         Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(f"n = {table['n']}; floor (n random training digits, {table['floor_sets']} disjoint sets) = "
           f"{table['floor']:.2f} +- {table['floor_sd']:.2f} (sd)")
-    print(f"{'sampler':>14} {'NFE':>5} {'FD':>14} {'ratio':>13} {'s':>7}")
+    print(f"{'sampler':>14} {'steps':>5} {'NFE':>5} {'FD':>14} {'ratio':>13} {'s':>7}")
     for r in table["rows"]:
-        print(f"{r['sampler']:>14} {r['nfe']:>5} {r['fd']:>7.2f} +- {r['fd_se']:<4.2f} {r['fd_ratio']:>6.2f} +- {r['fd_ratio_se']:<4.2f} {r['seconds']:>7.1f}")
+        print(f"{r['sampler']:>14} {r['steps']:>5} {r['nfe']:>5} {r['fd']:>7.2f} +- {r['fd_se']:<4.2f} {r['fd_ratio']:>6.2f} +- {r['fd_ratio_se']:<4.2f} {r['seconds']:>7.1f}")
 
 
 def _positive_int(text: str) -> int:
@@ -292,7 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--checkpoint", required=True)
     st.add_argument("--classifier", default="mnist-classifier")
     st.add_argument("--n", type=_positive_int, default=2000, help="samples per row (the floor uses as many real images per set)")
-    st.add_argument("--nfe", type=_positive_int, nargs="+", default=[10, 20, 50, 100], help="budgets for every sampler but ddpm (which runs all T steps)")
+    st.add_argument("--nfe", type=_positive_int, nargs="+", default=[10, 20, 50, 100], help="numbers of steps for every sampler but ddpm (which runs all T steps); each is also its number "
+                    "of network evaluations, but for heun (about two per step), whose count the table records")
     st.add_argument("--samplers", nargs="+", choices=sorted(SAMPLERS), default=["ddpm", "ddpm-strided", "ddim", "dpm-solver-2m"],
                     help="samplers to compare (ddpm costs T network calls per image)")
     st.add_argument("--floor-sets", type=_positive_int, default=5, help="disjoint sets of n training digits for the floor")

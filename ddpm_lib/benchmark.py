@@ -81,9 +81,13 @@ def benchmark_preset(
     """
     if name not in PRESETS:
         raise KeyError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}.")
-    cfg = PRESETS[name]
     dev = pick_device(device)
-    torch.manual_seed(0)
+    with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):  # seeded inside; the caller's generator untouched
+        torch.manual_seed(0)
+        return _measure(name, PRESETS[name], dev, train_steps, warmup, sample_batch, sample_steps)
+
+
+def _measure(name: str, cfg, dev: torch.device, train_steps: int, warmup: int, sample_batch: int, sample_steps: int) -> dict:
     model = UNet(cfg.model).to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
     B = cfg.batch_size

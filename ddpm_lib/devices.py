@@ -1,12 +1,15 @@
-"""Choosing the device a command runs on: the one place that knows device names and what this machine has."""
+"""Where and how a network runs: choosing the device (the one place that knows device names and what this machine
+has), finding a network's device, and eval mode that leaves the caller's network as it was."""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 
-__all__ = ["pick_device", "model_device"]
+__all__ = ["pick_device", "model_device", "eval_mode"]
 
 
 _DEVICE_NAME = re.compile(r"(cpu|mps)(:0)?|cuda(:[0-9]+)?")
@@ -54,3 +57,18 @@ def model_device(model: torch.nn.Module) -> torch.device:
     for tensor in list(model.parameters()) + list(model.buffers()):
         return tensor.device
     return torch.device("cpu")
+
+
+@contextmanager
+def eval_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """Run ``model`` in eval mode (dropout off) inside the block, and give every submodule its own mode back after.
+
+    Sampling and evaluation use it so that they never change the mode of the caller's network.
+    """
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for module, training in modes:
+            module.training = training

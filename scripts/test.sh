@@ -8,6 +8,8 @@ bash scripts/setup.sh
 . .venv/bin/activate
 export MPLBACKEND=Agg
 python -m pytest tests -q -p no:cacheprovider
+# the shipped samplers give the same float32 samples, bit for bit, as before the library was reshaped (8ed6fd4)
+python scripts/bit_identity.py
 python -m pytest --nbval notebooks/ --nbval-sanitize-with nbval_sanitize.cfg -q -p no:cacheprovider
 # The stored outputs must not depend on the CPU that wrote them. ATEN_CPU_CAPABILITY=default makes
 # torch use its non-vectorised kernels (no AVX2 or AVX-512), so sums round differently, as on

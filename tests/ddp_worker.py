@@ -10,9 +10,11 @@ from ddpm_lib.training import TrainConfig, train
 from ddpm_lib.models.unet import UNetConfig
 
 
-def config(batch_size: int) -> TrainConfig:
+def config(batch_size: int, conditional: bool = False) -> TrainConfig:
+    # conditional: a class-conditional U-Net with label dropout, whose draws must also match one process's
     return TrainConfig(
-        model=UNetConfig(channels=(8, 16), num_res_blocks=1, attention_heads=2),
+        model=UNetConfig(channels=(8, 16), num_res_blocks=1, attention_heads=2, num_classes=10 if conditional else None),
+        label_dropout=0.3 if conditional else 0.0,
         schedule=linear_schedule(50),
         batch_size=batch_size,
         warmup_steps=2,
@@ -28,8 +30,14 @@ def images() -> torch.Tensor:
     return torch.randint(0, 256, (48, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
 
 
+def labels() -> torch.Tensor:
+    return torch.arange(48) % 10
+
+
 if __name__ == "__main__":
     torch.set_num_threads(1)
     # torchrun tells each process its rank and the number of processes through the environment
     world, rank = int(os.environ["WORLD_SIZE"]), int(os.environ["RANK"])
-    train(config(batch_size=int(sys.argv[2])), sys.argv[1], steps=4, images=images(), progress=False, world_size=world, rank=rank)
+    conditional = len(sys.argv) > 3 and sys.argv[3] == "conditional"
+    train(config(batch_size=int(sys.argv[2]), conditional=conditional), sys.argv[1], steps=4, images=images(), labels=labels(),
+          progress=False, world_size=world, rank=rank)

@@ -14,15 +14,15 @@ import functools
 import pytest
 import torch
 
-from ddpm_lib.sampling import ddim_step, ddpm_step, dpm_solver_2m_step, sample
+from ddpm_lib.sampling import ddim_step, ddpm_step, dpm_solver_2m_step, heun_step, sample
 from ddpm_lib.core.schedules import linear_schedule
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
-STEPS = [ddpm_step, functools.partial(ddim_step, eta=1.0), dpm_solver_2m_step]
+STEPS = [ddpm_step, functools.partial(ddim_step, eta=1.0), dpm_solver_2m_step, heun_step]
 
 
-@pytest.mark.parametrize("step", STEPS, ids=["ddpm", "ddim-eta1", "dpm-solver-2m"])
+@pytest.mark.parametrize("step", STEPS, ids=["ddpm", "ddim-eta1", "dpm-solver-2m", "heun"])
 def test_cpu_generator_with_samples_on_cuda_matches_the_cpu(step):
     schedule = linear_schedule(50, 1e-3, 0.3)
     x_T = torch.randn(4, 1, 3, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
@@ -45,13 +45,13 @@ def test_cuda_generator_with_samples_on_cuda():
 def test_generate_images_and_elbo_on_cuda():
     from ddpm_lib.checkpoint import load_model
     from ddpm_lib.data import load_mnist
-    from ddpm_lib.evaluation import elbo_bits_per_dim, generate_images
+    from ddpm_lib.evaluation import elbo_bits_per_dim
+    from ddpm_lib.sampling import generate_images
 
     cpu = generate_images(load_model("mnist"), 4, "ddpm-strided", steps=5, seed=3)
-    gpu = generate_images(load_model("mnist", device="cuda"), 4, "ddpm-strided", steps=5, seed=3, device="cuda")
+    gpu = generate_images(load_model("mnist", device="cuda"), 4, "ddpm-strided", steps=5, seed=3)  # runs where the model is
     assert gpu.device.type == "cpu" and gpu.dtype == torch.uint8 and gpu.shape == (4, 28, 28)
     # the same x_T and noise; float32 kernels differ between devices, so a few pixels may round differently
     assert (gpu.int() - cpu.int()).abs().float().mean() < 2.0
-    result = elbo_bits_per_dim(load_model("mnist", device="cuda"), load_mnist("test")[0][:4], device="cuda",
-                               progress=False, n_strata=5)
+    result = elbo_bits_per_dim(load_model("mnist", device="cuda"), load_mnist("test")[0][:4], progress=False, n_strata=5)
     assert 0.0 < result["bits_per_dim"] < 8.0

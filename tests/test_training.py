@@ -345,14 +345,34 @@ def test_drop_labels_rate_and_identity():
     from ddpm_lib.training import drop_labels
 
     y = torch.arange(10).repeat(2000)
-    gen = torch.Generator().manual_seed(0)
-    state = gen.get_state()
-    assert drop_labels(y, 0.0, 10, gen) is y and torch.equal(gen.get_state(), state)  # p = 0: untouched, no draws
-    out = drop_labels(y, 0.25, 10, gen)
+    u = torch.rand(y.shape, generator=torch.Generator().manual_seed(0))
+    assert drop_labels(y, 0.0, 10, u) is y  # p = 0: nothing dropped
+    out = drop_labels(y, 0.25, 10, u)
     dropped = out == 10
-    assert torch.equal(out[~dropped], y[~dropped])  # kept labels are unchanged
+    assert torch.equal(dropped, u < 0.25) and torch.equal(out[~dropped], y[~dropped])  # exactly the draws below p
     # 20,000 Bernoulli(0.25) draws: sd of the rate 0.0031; 5 sd
     assert abs(float(dropped.double().mean()) - 0.25) < 5 * math.sqrt(0.25 * 0.75 / y.numel())
+
+
+def test_train_applies_label_dropout(tmp_path, images, monkeypatch):
+    # the labels the network sees in training: some are the null class 10 (p = 0.25 of 8 per step over 4 steps),
+    # and none without dropout
+    import ddpm_lib.training.ddpm as training
+
+    seen = []
+    real = training.batch_loss
+
+    def spy(net, x0, t, eps, config, bf16=False, y=None):
+        seen.append(y.clone())
+        return real(net, x0, t, eps, config, bf16, y)
+
+    monkeypatch.setattr(training, "batch_loss", spy)
+    labels = torch.arange(images.shape[0]) % 10
+    train(COND, tmp_path / "drop", steps=4, images=images, labels=labels, progress=False)
+    assert (torch.cat(seen) == 10).any() and (torch.cat(seen) < 10).any()
+    seen.clear()
+    train(dataclasses.replace(COND, label_dropout=0.0), tmp_path / "keep", steps=4, images=images, labels=labels, progress=False)
+    assert not (torch.cat(seen) == 10).any()
 
 
 def test_batch_loss_hands_the_labels_to_the_network():

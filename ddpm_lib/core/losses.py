@@ -33,7 +33,7 @@ def simple_loss(
         output: the network's output, shape ``(B, ...)``.
         x0, eps: the clean data and the noise that made ``xt``, same shape.
         t: integer timesteps, shape ``(B,)``, in ``1..T``.
-        target: ``"eps"``, ``"x0"`` or ``"v"``.
+        target: a name in :data:`~ddpm_lib.core.targets.TARGETS` (``"eps"``, ``"x0"``, ``"v"``, ``"score"``).
 
     Returns:
         A 0-d tensor: the mean over the batch and all dimensions.

@@ -53,6 +53,12 @@ def _coefs(t: torch.Tensor, schedule: Schedule, like: torch.Tensor) -> tuple[tor
     return ab.sqrt().to(like), (1.0 - ab).sqrt().to(like)
 
 
+def _coefs_tweedie(t: torch.Tensor, schedule: Schedule, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    # sqrt(alpha_bar_t) and 1 - alpha_bar_t, formed in float64 and cast to like's dtype at the end
+    ab = gather64(schedule.alpha_bar, t, like)
+    return ab.sqrt().to(like), (1.0 - ab).to(like)
+
+
 def x0_from_eps(xt: torch.Tensor, t: torch.Tensor, eps: torch.Tensor, schedule: Schedule) -> torch.Tensor:
     """:math:`x_0 = (x_t - \\sqrt{1-\\bar\\alpha_t}\\,\\epsilon)/\\sqrt{\\bar\\alpha_t}` (book eq. ``x0-from-eps``)."""
     a, s = _coefs(t, schedule, xt)
@@ -108,8 +114,8 @@ def score_from_x0(xt: torch.Tensor, t: torch.Tensor, x0: torch.Tensor, schedule:
     :math:`\\mathbb E[x_0 \\mid x_t]` (a denoiser's output) it is the score of the marginal; needs ``t >= 1``.
     Shapes ``(B, ...)``; ``t`` integer ``(B,)``; the result has ``xt``'s shape and dtype.
     """
-    a, s = _coefs(t, schedule, xt)
-    return (a * x0 - xt) / (s * s)
+    a, one_minus_ab = _coefs_tweedie(t, schedule, xt)
+    return (a * x0 - xt) / one_minus_ab
 
 
 def x0_from_score(xt: torch.Tensor, t: torch.Tensor, score: torch.Tensor, schedule: Schedule) -> torch.Tensor:
@@ -117,8 +123,8 @@ def x0_from_score(xt: torch.Tensor, t: torch.Tensor, score: torch.Tensor, schedu
 
     Book eq. ``tweedie``. The inverse of :func:`score_from_x0` (to round-off); shapes as there.
     """
-    a, s = _coefs(t, schedule, xt)
-    return (xt + s * s * score) / a
+    a, one_minus_ab = _coefs_tweedie(t, schedule, xt)
+    return (xt + one_minus_ab * score) / a
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..checkpoint import LoadedModel
-from ..devices import model_device
+from ..devices import eval_mode, model_device
 from ..core.forward import q_sample
 from ..core.likelihood import bits_per_dim, decoder_nll, denoising_kl, prior_kl
 from ..core.schedules import Schedule
@@ -95,7 +95,7 @@ def elbo_bits_per_dim(
         ValueError: from :func:`check_images` and :func:`elbo_strata`.
     """
     images = check_images(images)
-    model, schedule = loaded.model.eval(), loaded.schedule
+    model, schedule = loaded.model, loaded.schedule
     device = model_device(model)
     strata = elbo_strata(schedule, n_strata)
     denoiser = model_denoiser(model, schedule, loaded.target)
@@ -104,25 +104,26 @@ def elbo_bits_per_dim(
     per_image, prior_sum = [], 0.0
     by_t, count_t = torch.zeros(T + 1, dtype=torch.float64), torch.zeros(T + 1, dtype=torch.long)
     bar = tqdm(total=images.shape[0] * (len(strata) + 1), disable=not progress, desc="elbo", unit="image-term")
-    for start in range(0, images.shape[0], batch_size):
-        x0 = to_model(images[start : start + batch_size]).to(device)
-        B = x0.shape[0]
-        total = prior_kl(x0, schedule).double().cpu()
-        prior_sum += float(total.sum())
-        # t = 1 (the decoder), then one t per group, each image drawing its own t in the group
-        for group in [torch.tensor([1])] + strata:
-            t = group[torch.randint(len(group), (B,), generator=t_gen)]
-            t_dev = t.to(device)
-            eps = torch.randn(x0.shape, generator=gen).to(device)
-            xt = q_sample(x0, t_dev, eps, schedule)
-            x0_hat = denoiser(xt, t_dev)
-            term = decoder_nll(x0, x0_hat, schedule) if group[0] == 1 else denoising_kl(x0, xt, t_dev, x0_hat, schedule)
-            term = term.double().cpu()
-            by_t.index_add_(0, t, term)
-            count_t.index_add_(0, t, torch.ones_like(t))
-            total += len(group) * term
-            bar.update(B)
-        per_image.append(total)
+    with eval_mode(model):  # dropout off inside; the caller's network keeps its mode
+        for start in range(0, images.shape[0], batch_size):
+            x0 = to_model(images[start : start + batch_size]).to(device)
+            B = x0.shape[0]
+            total = prior_kl(x0, schedule).double().cpu()
+            prior_sum += float(total.sum())
+            # t = 1 (the decoder), then one t per group, each image drawing its own t in the group
+            for group in [torch.tensor([1])] + strata:
+                t = group[torch.randint(len(group), (B,), generator=t_gen)]
+                t_dev = t.to(device)
+                eps = torch.randn(x0.shape, generator=gen).to(device)
+                xt = q_sample(x0, t_dev, eps, schedule)
+                x0_hat = denoiser(xt, t_dev)
+                term = decoder_nll(x0, x0_hat, schedule) if group[0] == 1 else denoising_kl(x0, xt, t_dev, x0_hat, schedule)
+                term = term.double().cpu()
+                by_t.index_add_(0, t, term)
+                count_t.index_add_(0, t, torch.ones_like(t))
+                total += len(group) * term
+                bar.update(B)
+            per_image.append(total)
     bar.close()
     nats = torch.cat(per_image)
     n = nats.numel()

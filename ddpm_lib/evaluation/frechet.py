@@ -14,11 +14,11 @@ from torch import nn
 from torchmetrics.image.fid import FrechetInceptionDistance
 
 from ..checkpoint import LoadedModel
-from ..devices import model_device
+from ..devices import eval_mode, model_device
 from ..data import check_images, load_mnist, to_model
 from ..models.classifier import MnistClassifier
 from ..sampling.images import generate_images
-from ..sampling.loop import SAMPLERS
+from ..sampling.loop import SAMPLERS, count_nfe, sampler_plan
 
 __all__ = ["classifier_accuracy", "ClassifierFeatures", "classifier_features", "frechet_distance", "frechet_distances",
            "frechet_bootstrap", "random_real_sets", "sampler_table"]
@@ -27,11 +27,11 @@ __all__ = ["classifier_accuracy", "ClassifierFeatures", "classifier_features", "
 @torch.no_grad()
 def classifier_accuracy(classifier: MnistClassifier, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000) -> float:
     """Fraction of ``images`` (uint8 ``(N, 28, 28)``) whose predicted class equals ``labels``."""
-    classifier.eval()
     correct = 0
-    for start in range(0, images.shape[0], batch_size):
-        logits = classifier(to_model(images[start : start + batch_size]))
-        correct += int((logits.argmax(1) == labels[start : start + batch_size]).sum())
+    with eval_mode(classifier):
+        for start in range(0, images.shape[0], batch_size):
+            logits = classifier(to_model(images[start : start + batch_size]))
+            correct += int((logits.argmax(1) == labels[start : start + batch_size]).sum())
     return correct / images.shape[0]
 
 
@@ -40,12 +40,13 @@ class ClassifierFeatures(nn.Module):
 
     def __init__(self, classifier: MnistClassifier):
         super().__init__()
-        self.classifier = classifier.eval()
+        self.classifier = classifier
         self.num_features = classifier.config.features
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.classifier.features(to_model(images))
+        with eval_mode(self.classifier):  # dropout off; the caller's classifier keeps its mode
+            return self.classifier.features(to_model(images))
 
 
 class _GivenFeatures(nn.Module):
@@ -175,12 +176,13 @@ def sampler_table(
     floor_sets: int = 5,
     n_bootstrap: int = 200,
 ) -> dict:
-    """The Fréchet distance of ``n`` samples to the MNIST test set, for each sampler and number of network evaluations.
+    """The Fréchet distance of ``n`` samples to the MNIST test set, for each sampler and number of steps.
 
-    ``ddpm`` runs all ``T`` steps (one row); every other sampler runs each budget in ``budgets``.
-    Rows at the same budget start from the same seeded noise, so they are paired; rows at different
-    budgets share only their first batch (one generator draws ``x_T`` and every step's noise, batch
-    after batch, so its state after a batch depends on the number of steps). Beside each distance:
+    ``ddpm`` runs all ``T`` steps (one row); every other sampler runs each number of steps in
+    ``budgets``. Each row records its ``steps`` and the network evaluations they cost, ``nfe``, counted
+    (:func:`~ddpm_lib.sampling.loop.count_nfe`; one per step but for Heun). Every row starts each image
+    from the same seeded ``x_T`` (:func:`~ddpm_lib.sampling.images.generate_images`), so the rows are
+    paired. Beside each distance:
 
     * ``fd_se``: the standard deviation of :func:`frechet_bootstrap` replicates (kept in
       ``fd_bootstrap``, so that two rows of one budget get a paired error of their difference);
@@ -193,7 +195,7 @@ def sampler_table(
 
     Returns:
         ``{"n", "floor", "floor_sd", "floor_sets", "floor_seed", "floor_values", "n_bootstrap", "threads", "device", "rows"}`` with rows
-        ``{"sampler", "nfe", "fd", "fd_se", "fd_ratio", "fd_ratio_se", "fd_bootstrap", "seconds"}``.
+        ``{"sampler", "steps", "nfe", "fd", "fd_se", "fd_ratio", "fd_ratio_se", "fd_bootstrap", "seconds"}``.
 
     Raises:
         ValueError: for ``n < 2``, ``floor_sets < 2``, ``n * floor_sets`` above the 60,000 training digits, an unknown
@@ -215,18 +217,20 @@ def sampler_table(
     floor, floor_sd = sum(floor_values) / floor_sets, _sd(floor_values)
     plan = [(s, T) if s == "ddpm" else (s, b) for s in samplers for b in ([T] if s == "ddpm" else budgets)]
     samples, seconds = [], []
-    for name, nfe in plan:
+    for name, steps in plan:
         t0 = time.perf_counter()
-        samples.append(generate_images(loaded, n, name, None if name == "ddpm" else nfe, 0.0, seed, batch_size))
+        samples.append(generate_images(loaded, n, name, None if name == "ddpm" else steps, 0.0, seed, batch_size))
         seconds.append(time.perf_counter() - t0)
     fds = frechet_distances(samples, reference, classifier)
     boots = frechet_bootstrap(samples, reference, classifier, n_bootstrap, seed)
     floor_rel_se = floor_sd / math.sqrt(floor_sets) / floor
     rows = []
-    for (name, nfe), fd, boot, sec in zip(plan, fds, boots, seconds):
+    for (name, steps), fd, boot, sec in zip(plan, fds, boots, seconds):
         fd_se = _sd(boot)
         ratio = fd / floor
-        rows.append({"sampler": name, "nfe": nfe, "fd": fd, "fd_se": fd_se, "fd_ratio": ratio,
+        step, timesteps = sampler_plan(name, T, None if name == "ddpm" else steps)
+        nfe = count_nfe(step, loaded.schedule, timesteps)
+        rows.append({"sampler": name, "steps": steps, "nfe": nfe, "fd": fd, "fd_se": fd_se, "fd_ratio": ratio,
                      "fd_ratio_se": ratio * math.hypot(fd_se / fd, floor_rel_se), "fd_bootstrap": boot, "seconds": round(sec, 1)})
     return {"n": n, "floor": floor, "floor_sd": floor_sd, "floor_sets": floor_sets, "floor_seed": seed, "floor_values": floor_values,
             "n_bootstrap": n_bootstrap, "threads": torch.get_num_threads(),

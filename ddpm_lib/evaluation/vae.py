@@ -8,6 +8,7 @@ import torch
 
 from ..core.likelihood import bits_per_dim
 from ..data import to_model
+from ..devices import eval_mode
 from ..models.vae import VAE, ELBOTerms, elbo_terms
 
 __all__ = ["evaluate_vae", "vae_test_metrics"]
@@ -17,20 +18,20 @@ __all__ = ["evaluate_vae", "vae_test_metrics"]
 def evaluate_vae(model: VAE, images: torch.Tensor, seed: int = 0, batch_size: int = 1000) -> ELBOTerms:
     """One-sample ELBO estimates of a :class:`~ddpm_lib.models.vae.VAE` for uint8 ``images`` ``(N, 28, 28)``.
 
-    Sets the model (which must be on the CPU) to eval mode and runs it in batches of ``batch_size``; one
+    Runs the model (which must be on the CPU) in eval mode, leaving its mode as it was, in batches of ``batch_size``; one
     ``z = mean + sigma * eps`` per image (:func:`ddpm_lib.models.vae.elbo_terms`). The noise comes from
     ``torch.Generator().manual_seed(seed)``, so the result is reproducible.
 
     Returns:
         :class:`~ddpm_lib.models.vae.ELBOTerms` of ``(N,)`` tensors in nats per image.
     """
-    model.eval()
     gen = torch.Generator().manual_seed(seed)
     parts = []
-    for start in range(0, images.shape[0], batch_size):
-        x = to_model(images[start : start + batch_size])
-        eps = torch.randn((x.shape[0], model.config.latent_dim), generator=gen)
-        parts.append(elbo_terms(model, x, eps))
+    with eval_mode(model):  # the caller's model keeps its mode
+        for start in range(0, images.shape[0], batch_size):
+            x = to_model(images[start : start + batch_size])
+            eps = torch.randn((x.shape[0], model.config.latent_dim), generator=gen)
+            parts.append(elbo_terms(model, x, eps))
     return ELBOTerms(*(torch.cat([getattr(p, f) for p in parts]) for f in ELBOTerms._fields))
 
 

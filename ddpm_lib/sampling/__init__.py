@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from .denoisers import (Denoiser, ScoreFn, model_denoiser, clip_denoiser, score_from_denoiser, denoiser_from_score)
 from .steps import (standard_normal, ddpm_update, ddim_update, dpm_solver_2m_update, ddpm_step, ddim_step, dpm_solver_2m_step, heun_step)
-from .loop import (Step, SamplerState, iterate, sample, ddim_timesteps, SAMPLERS, sampler_plan)
+from .loop import (Step, SamplerState, iterate, sample, count_nfe, ddim_timesteps, SAMPLERS, sampler_plan)
 from .images import (generate_images)
 
-__all__ = ['Denoiser', 'ScoreFn', 'model_denoiser', 'clip_denoiser', 'score_from_denoiser', 'denoiser_from_score', 'standard_normal', 'ddpm_update', 'ddim_update', 'dpm_solver_2m_update', 'ddpm_step', 'ddim_step', 'dpm_solver_2m_step', 'heun_step', 'Step', 'SamplerState', 'iterate', 'sample', 'ddim_timesteps', 'SAMPLERS', 'sampler_plan', 'generate_images']
+__all__ = ['Denoiser', 'ScoreFn', 'model_denoiser', 'clip_denoiser', 'score_from_denoiser', 'denoiser_from_score', 'standard_normal', 'ddpm_update', 'ddim_update', 'dpm_solver_2m_update', 'ddpm_step', 'ddim_step', 'dpm_solver_2m_step', 'heun_step', 'Step', 'SamplerState', 'iterate', 'sample', 'count_nfe', 'ddim_timesteps', 'SAMPLERS', 'sampler_plan', 'generate_images']

@@ -6,14 +6,18 @@ Glue over the loop (:mod:`ddpm_lib.sampling.loop`), the denoisers and the pixel 
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from tqdm.auto import tqdm
 
-from ..checkpoint import LoadedModel
-from ..devices import model_device
 from ..data import to_uint8
+from ..devices import eval_mode, model_device
 from .denoisers import clip_denoiser, model_denoiser
 from .loop import iterate, sampler_plan
+
+if TYPE_CHECKING:  # for the annotation only: sampling needs the network, its schedule and its target, not the file reader
+    from ..checkpoint import LoadedModel
 
 __all__ = ["generate_images"]
 
@@ -32,14 +36,21 @@ def generate_images(
 ) -> torch.Tensor:
     """Draw ``n`` images from a DDPM with a named sampler; uint8 ``(n, 28, 28)`` on the CPU.
 
-    The denoiser's ``x0_hat`` is clipped to ``[-1, 1]`` (Ho et al. 2020). Seeded: ``x_T`` and every
-    step's noise come from one CPU generator seeded ``seed`` (drawn on the CPU and moved to
-    ``device``, see :func:`~ddpm_lib.sampling.iterate`), so the same arguments give the same
-    images on the same device, and the same noise on every device.
+    ``loaded`` is anything with the attributes ``model``, ``schedule`` and ``target`` (a
+    :class:`~ddpm_lib.checkpoint.LoadedModel` from :func:`~ddpm_lib.checkpoint.load_model`).
+
+    The network runs where ``loaded.model`` is (load it there: ``load_model(name, device=...)``), in
+    eval mode, and is left as it was. The denoiser's ``x0_hat`` is clipped to ``[-1, 1]`` (Ho et al.
+    2020). Seeded, from one CPU generator seeded ``seed``: first ``x_T`` for all ``n`` images, then,
+    batch after batch, the noise the sampler's steps draw (only the stochastic ones draw any; the noise
+    is drawn on the CPU and moved to the model's device, :func:`~ddpm_lib.sampling.steps.standard_normal`).
+    So the same arguments give the same images on the same device and the same noise on every device,
+    and any two calls with the same ``seed``, ``n`` and ``batch_size`` start every image from the same
+    ``x_T``, whatever the sampler and its number of steps: their images are paired.
 
     Args:
-        progress: show a progress bar over the network evaluations (DDPM's 1000 steps take minutes
-            on a CPU). Off by default, for library use and tests.
+        progress: show a progress bar over the batches (DDPM's 1000 steps take minutes on a CPU). Off
+            by default, for library use and tests.
         labels: int64 ``(n,)`` class labels for a conditional model (each batch's denoiser closes
             over its slice), or ``None``.
 
@@ -51,20 +62,20 @@ def generate_images(
     if labels is not None and tuple(torch.as_tensor(labels).shape) != (n,):
         raise ValueError(f"labels must have shape ({n},), one per image; got {tuple(torch.as_tensor(labels).shape)}.")
     step, timesteps = sampler_plan(sampler, loaded.schedule.T, steps, eta)
-    model = loaded.model.eval()
-    device = model_device(model)
+    device = model_device(loaded.model)
     gen = torch.Generator().manual_seed(seed)
+    x_T_all = torch.randn((n, 1, 28, 28), generator=gen)  # before any step noise: the same for every sampler
     starts = range(0, n, batch_size)
     bar = tqdm(total=len(starts), disable=not progress, desc=f"sample {sampler}", unit="batch")
     out = []
-    for start in starts:
-        size = min(batch_size, n - start)
-        y = None if labels is None else torch.as_tensor(labels)[start : start + size].to(device)
-        denoiser = clip_denoiser(model_denoiser(model, loaded.schedule, loaded.target, y))
-        x_T = torch.randn((size, 1, 28, 28), generator=gen).to(device)
-        for state in iterate(denoiser, loaded.schedule, step, x_T, timesteps, gen):
-            bar.set_postfix(nfe=state.nfe, refresh=False)
-        bar.update(1)
-        out.append(to_uint8(state.xt))
+    with eval_mode(loaded.model) as model:
+        for start in starts:
+            size = min(batch_size, n - start)
+            y = None if labels is None else torch.as_tensor(labels)[start : start + size].to(device)
+            denoiser = clip_denoiser(model_denoiser(model, loaded.schedule, loaded.target, y))
+            for state in iterate(denoiser, loaded.schedule, step, x_T_all[start : start + size].to(device), timesteps, gen):
+                bar.set_postfix(nfe=state.nfe, refresh=False)
+            bar.update(1)
+            out.append(to_uint8(state.xt))
     bar.close()
     return torch.cat(out)

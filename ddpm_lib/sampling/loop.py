@@ -20,7 +20,7 @@ from ..core.schedules import Schedule
 from .denoisers import Denoiser
 from .steps import ddim_step, ddpm_step, dpm_solver_2m_step, heun_step
 
-__all__ = ["Step", "SamplerState", "iterate", "sample", "ddim_timesteps", "SAMPLERS", "sampler_plan"]
+__all__ = ["Step", "SamplerState", "iterate", "sample", "count_nfe", "ddim_timesteps", "SAMPLERS", "sampler_plan"]
 
 Step = Callable[..., tuple[torch.Tensor, Any]]
 """``step(denoiser, x, t, t_prev, schedule, generator, state) -> (x_prev, state)``."""
@@ -110,6 +110,22 @@ def sample(
     return state.xt
 
 
+def count_nfe(step: Step, schedule: Schedule, timesteps: list[int]) -> int:
+    """The number of network evaluations ``step`` makes on ``timesteps`` (it may depend on the schedule, as Heun's does).
+
+    Counted, not assumed: the loop runs once with a stand-in denoiser (``x0_hat = 0``) on a single
+    float64 number, and :class:`SamplerState` counts the calls.
+
+    Raises:
+        ValueError: as :func:`iterate`.
+    """
+    state = None
+    for state in iterate(lambda x, t: torch.zeros_like(x), schedule, step, torch.zeros(1, 1, dtype=torch.float64),
+                         timesteps, torch.Generator().manual_seed(0)):
+        pass
+    return state.nfe
+
+
 def ddim_timesteps(T: int, steps: int) -> list[int]:
     """``steps`` evenly spaced timesteps ``T, T - T/steps, ..., T/steps`` (rounded); the loop then steps to 0.
 
@@ -136,8 +152,9 @@ def sampler_plan(sampler: str, T: int, steps: int | None = None, eta: float = 0.
     ``ddpm-strided``, ``dpm-solver-2m`` and ``heun`` take ``steps`` (default 50) trailing timesteps
     (:func:`ddim_timesteps`). ``ddpm-strided`` is the ancestral sampler on that shorter chain, the
     DDIM step with ``eta = 1`` (Song et al. 2021, eq. 16; the strided sampling of Nichol & Dhariwal
-    2021, §4); it ignores ``eta``. ``heun`` evaluates the network twice per step but the last, so
-    ``steps`` Heun steps cost ``2 steps - 1`` evaluations.
+    2021, §4); it ignores ``eta``. ``heun`` evaluates the network twice per step, but once on the
+    last step and on steps that start above ``sigma_max`` (:func:`~ddpm_lib.sampling.steps.heun_step`),
+    so ``steps`` Heun steps cost at most ``2 steps - 1`` evaluations; :func:`count_nfe` counts them.
 
     Returns:
         ``(step, timesteps)`` for :func:`sample`.

@@ -40,7 +40,7 @@ __all__ = ["TrainConfig", "PRESETS", "batch_loss", "drop_labels", "train"]
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """A training run's settings; stored (but for ``schedule``, stored as tensors) in its checkpoints.
+    """A training run's settings, stored in its checkpoints' JSON (:meth:`to_json`).
 
     Attributes:
         model: the U-Net's architecture.
@@ -150,23 +150,23 @@ def batch_loss(
     return LOSSES[config.loss](output.float(), x0, eps, t, config.schedule, config.target)
 
 
-def drop_labels(y: torch.Tensor, p: float, null_label: int, generator: torch.Generator) -> torch.Tensor:
+def drop_labels(y: torch.Tensor, p: float, null_label: int, uniform: torch.Tensor) -> torch.Tensor:
     """Replace each label by ``null_label`` with probability ``p`` (label dropout; Ho & Salimans 2022, Algorithm 1).
 
     Args:
         y: int64 labels ``(B,)``.
-        p: the dropout probability in ``[0, 1)``; with ``p = 0`` ``y`` is returned as it is and
-            ``generator`` is not used.
+        p: the dropout probability in ``[0, 1)``.
         null_label: the "no label" class (``num_classes`` for :class:`~ddpm_lib.models.unet.UNet`).
-        generator: the source of the ``B`` uniform draws (the training loop's generator).
+        uniform: ``B`` draws from U[0, 1), shape ``(B,)``; label ``i`` is dropped when ``uniform[i] < p``.
+            The training loop draws them for the global batch with ``t`` and ``eps`` and splits them
+            like those, so N processes drop the same labels as one process with N times the batch.
 
     Returns:
-        A new int64 tensor ``(B,)``.
+        An int64 tensor ``(B,)`` (``y`` itself when ``p = 0``).
     """
     if p == 0:
         return y
-    keep = torch.rand(y.shape, generator=generator) >= p
-    return torch.where(keep.to(y.device), y, torch.full_like(y, null_label))
+    return torch.where(uniform.to(y.device) >= p, y, torch.full_like(y, null_label))
 
 
 def train(
@@ -314,10 +314,12 @@ def _train(config: TrainConfig, out: Path, dev: torch.device, images: torch.Tens
         batch = batch_indices(n, seen, config.batch_size * world, config.seed)
         t = torch.randint(1, config.schedule.T + 1, (batch.numel(),), generator=gen)
         eps = torch.randn((batch.numel(), *data.shape[1:]), generator=gen)
-        idx, t, eps = (v.tensor_split(world)[rank].to(dev) for v in (batch, t, eps))
+        # label dropout's draws, for the global batch too (none without dropout: an unconditional run draws as before)
+        u = torch.rand(batch.numel(), generator=gen) if conditional and config.label_dropout > 0 else torch.ones(batch.numel())
+        idx, t, eps, u = (v.tensor_split(world)[rank].to(dev) for v in (batch, t, eps, u))
         x0 = data[idx]
         # labels of a conditional model, each dropped to the null class with probability label_dropout
-        y = drop_labels(data_labels[idx], config.label_dropout, config.model.num_classes, gen) if conditional else None
+        y = drop_labels(data_labels[idx], config.label_dropout, config.model.num_classes, u) if conditional else None
         loss = batch_loss(net, x0, t, eps, config, use_bf16, y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
