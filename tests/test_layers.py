@@ -97,3 +97,13 @@ def test_the_scan_sees_an_upward_import(tmp_path):
         assert _imported_parts(core / "ok.py") == {"core"}
     finally:
         PACKAGE = saved
+
+
+def test_core_defines_no_network():
+    # networks live in ddpm_lib.models; the core is their mathematics
+    found = []
+    for path in sorted((PACKAGE / "core").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ClassDef) and any("Module" in ast.unparse(b) for b in node.bases):
+                found.append(f"{path.name}: {node.name}")
+    assert not found, found

@@ -15,13 +15,13 @@ import pytest
 import torch
 
 from ddpm_lib.core.learned_schedule import (
-    MonotoneGamma,
     alpha_bar_from_gamma,
     continuous_vlb_integrand,
     schedule_from_gamma,
     snr_from_gamma,
 )
 from ddpm_lib.core.schedules import Schedule
+from ddpm_lib.models import MonotoneGamma
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -142,7 +142,8 @@ def _build_install_and_run(tmp: Path, env: dict, timings: dict) -> None:
     work.mkdir()
     probe = _run([py, "-c", (
         "import importlib.util, json, sys\n"
-        "import ddpm_lib, ddpm_lib.__main__, ddpm_lib.training, ddpm_lib.evaluation, ddpm_lib.checkpoint, ddpm_lib.data\n"
+        "import ddpm_lib, ddpm_lib.__main__, ddpm_lib.core, ddpm_lib.models, ddpm_lib.sampling, ddpm_lib.toys, ddpm_lib.training,"
+        " ddpm_lib.evaluation, ddpm_lib.checkpoint, ddpm_lib.data, ddpm_lib.devices\n"
         f"print(json.dumps({{'file': ddpm_lib.__file__, 'installed': [m for m in {TEACHING_ONLY!r} if importlib.util.find_spec(m)],"
         f" 'imported': [m for m in {TEACHING_ONLY + ('sympy',)!r} if m in sys.modules]}}))")], work, env, timings, "import check")
     probe = json.loads(probe.strip().splitlines()[-1])

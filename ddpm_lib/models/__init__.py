@@ -8,5 +8,6 @@ from .classifier import (ClassifierConfig, MnistClassifier)
 from .config import (DictConfig)
 from .vae import (VAEConfig, VAE, ELBOTerms, reparameterize, kl_diag_gaussian_to_standard_normal, discretized_logistic_log_prob, elbo_terms, NUM_PIXELS)
 from .mlp import (ToyDenoiser)
+from .gamma import (MonotoneGamma)
 
-__all__ = ['UNetConfig', 'UNet', 'timestep_embedding', 'ClassifierConfig', 'MnistClassifier', 'DictConfig', 'VAEConfig', 'VAE', 'ELBOTerms', 'reparameterize', 'kl_diag_gaussian_to_standard_normal', 'discretized_logistic_log_prob', 'elbo_terms', 'NUM_PIXELS', 'ToyDenoiser']
+__all__ = ['UNetConfig', 'UNet', 'timestep_embedding', 'ClassifierConfig', 'MnistClassifier', 'DictConfig', 'VAEConfig', 'VAE', 'ELBOTerms', 'reparameterize', 'kl_diag_gaussian_to_standard_normal', 'discretized_logistic_log_prob', 'elbo_terms', 'NUM_PIXELS', 'ToyDenoiser', 'MonotoneGamma']
