@@ -542,3 +542,36 @@ def test_sampler_plan_names_its_steps():
     assert strided.func is ddim_step and strided.keywords == {"eta": 1.0}  # ignores eta
     with pytest.raises(ValueError, match="unknown sampler"):
         sampler_plan("euler", 100, 8)
+
+
+def test_generate_images_starts_every_sampler_and_budget_from_the_same_x_T(monkeypatch):
+    # sampler_table's pairing rests on this: all of x_T is drawn before any step noise, so a stochastic sampler's
+    # use of the generator (which depends on its number of steps) cannot shift a later batch's x_T. Drawing x_T
+    # batch by batch, as before, fails here: the strided rows' second and third batches would start elsewhere.
+    import ddpm_lib.sampling.images as images
+    from ddpm_lib.checkpoint import LoadedModel
+    from ddpm_lib.core.schedules import linear_schedule
+    from ddpm_lib.sampling import generate_images
+
+    class Half(torch.nn.Module):  # any network (x_t, t) -> output
+        def forward(self, xt, t):
+            return 0.5 * xt
+
+    starts = []
+    real_iterate = images.iterate
+
+    def spy(denoiser, schedule, step, x_T, timesteps, generator=None):
+        starts.append(x_T.clone())
+        return real_iterate(denoiser, schedule, step, x_T, timesteps, generator)
+
+    monkeypatch.setattr(images, "iterate", spy)
+    loaded = LoadedModel(Half(), linear_schedule(50), "eps", {})
+    runs = {}
+    for sampler, steps in (("ddpm-strided", 3), ("ddpm-strided", 7), ("ddim", 5), ("ddpm", None)):
+        starts.clear()
+        generate_images(loaded, 6, sampler, steps, seed=4, batch_size=2)
+        runs[sampler, steps] = torch.cat(starts)
+    first = runs["ddpm-strided", 3]
+    assert first.shape == (6, 1, 28, 28) and len(starts) == 3  # three batches of two
+    assert all(torch.equal(first, x) for x in runs.values())
+    assert torch.equal(first, torch.randn(6, 1, 28, 28, generator=torch.Generator().manual_seed(4)))  # the first draw

@@ -118,9 +118,10 @@ def frechet_bootstrap(
     """Bootstrap replicates of each fake set's Fréchet distance to ``real`` (Efron & Tibshirani 1993, ch. 6).
 
     Replicate ``b`` resamples each fake set's N images with replacement, with the *same* indices for
-    every set of that size: sets drawn from the same noise (the rows of one budget in
-    :func:`sampler_table`) are then compared pairwise, and the spread of ``fd_a[b] - fd_b[b]`` is the
-    uncertainty of their difference. The standard deviation of one set's replicates approximates
+    every set of that size: sets whose image ``i`` starts from the same noise (every row of
+    :func:`sampler_table` starts image ``i`` from the same ``x_T``) are then compared pairwise, and the
+    spread of ``fd_a[b] - fd_b[b]`` is the uncertainty of their difference. (For a stochastic sampler
+    only ``x_T`` is shared; its step noise differs between rows, so its differences gain little.) The standard deviation of one set's replicates approximates
     the sampling error of its distance at that N; it is not exact (duplicated images shift the
     replicates upward, and near the floor, where the distance behaves like a squared norm, it
     overstates the spread): ``scripts/fd_calibration.py`` measures it against independent sets.
@@ -149,7 +150,8 @@ def random_real_sets(images: torch.Tensor, n: int, count: int, seed: int = 0) ->
     The N-matched floor of a Fréchet distance compares *random* real digits with the reference, as
     the model's samples are independent draws. Consecutive blocks of MNIST's training set are not
     random draws: the set is ordered (by writer), and blocks of 2,000 give a floor about 65% higher
-    and 2.6 times as spread as random sets (measured with the shipped classifier).
+    and about twice as spread as random sets (measured with the shipped classifier in the chapter
+    "Training a DDPM on MNIST").
 
     Raises:
         ValueError: if ``count * n`` exceeds the number of images, or ``n < 2`` or ``count < 1``.
@@ -185,7 +187,7 @@ def sampler_table(
     paired. Beside each distance:
 
     * ``fd_se``: the standard deviation of :func:`frechet_bootstrap` replicates (kept in
-      ``fd_bootstrap``, so that two rows of one budget get a paired error of their difference);
+      ``fd_bootstrap``, so that any two rows get a paired error of their difference);
       ``scripts/fd_calibration.py`` measures how it compares with the spread over independent sets;
     * the N-matched floor: the distance of ``n`` real *training* digits to the same test set,
       averaged over ``floor_sets`` disjoint sets drawn at random (:func:`random_real_sets` with
