@@ -133,3 +133,10 @@ def test_the_colab_cell_installs_the_book_extra_and_the_pinned_mnist(notebook):
     assert "google.colab" in first_code
     assert '"ddpm_lib[book] @ git+' in first_code, "install the package with its book extra"
     assert mnist_pin in first_code
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.stem)
+def test_the_colab_cell_is_folded_in_the_html(notebook):
+    # the install cell matters in Colab only: the built book shows it folded (Jupyter Book's hide-input tag)
+    first_code = next(c for c in json.loads(notebook.read_text())["cells"] if c["cell_type"] == "code")
+    assert "hide-input" in first_code["metadata"].get("tags", []), f"{notebook.name}: tag the Colab install cell hide-input"
