@@ -142,17 +142,20 @@ def test_the_colab_cell_is_folded_in_the_html(notebook):
     assert "hide-input" in first_code["metadata"].get("tags", []), f"{notebook.name}: tag the Colab install cell hide-input"
 
 
-@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.stem)
-def test_the_chapter_title_is_plain_text(notebook):
+def _title_without_math(name: str, lines) -> None:
     # a title is also the page's name in the sidebar, in search results and in {doc} links, where no MathJax
     # runs: raw TeX would show there, so titles carry no math (sections may)
+    title = next(line for line in lines if line.startswith("# "))
+    assert "$" not in title and "\\" not in title, f"{name}: title {title!r} has math"
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.stem)
+def test_the_chapter_title_is_plain_text(notebook):
     cells = json.loads(notebook.read_text())["cells"]
-    title = next(line for c in cells if c["cell_type"] == "markdown" for line in "".join(c["source"]).splitlines()
-                 if line.startswith("# "))
-    assert "$" not in title and "\\" not in title, f"{notebook.name}: title {title!r} has math"
+    _title_without_math(notebook.name, (line for c in cells if c["cell_type"] == "markdown"
+                                        for line in "".join(c["source"]).splitlines()))
 
 
 def test_the_prose_pages_titles_are_plain_text():
     for page in (Path(__file__).resolve().parent.parent / "book").glob("*.md"):
-        title = next(line for line in page.read_text().splitlines() if line.startswith("# "))
-        assert "$" not in title and "\\" not in title, f"{page.name}: title {title!r} has math"
+        _title_without_math(page.name, page.read_text().splitlines())

@@ -121,8 +121,8 @@ def frechet_bootstrap(
     every set of that size: sets whose image ``i`` starts from the same noise (every row of
     :func:`sampler_table` starts image ``i`` from the same ``x_T``) are then compared pairwise, and the
     spread of ``fd_a[b] - fd_b[b]`` is the uncertainty of their difference. (For a stochastic sampler
-    only ``x_T`` is shared; its step noise differs between rows, so its differences gain little.) The standard deviation of one set's replicates approximates
-    the sampling error of its distance at that N; it is not exact (duplicated images shift the
+    only ``x_T`` is shared; its step noise differs between rows, so its differences gain little.) The
+    standard deviation of one set's replicates approximates the sampling error of its distance at that N; it is not exact (duplicated images shift the
     replicates upward, and near the floor, where the distance behaves like a squared norm, it
     overstates the spread): ``scripts/fd_calibration.py`` measures it against independent sets.
     The reference ``real`` is held fixed (it is the whole test set).
