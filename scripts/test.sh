@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The tests: set up, then the unit tests (with the lint of the notebooks' stored outputs), strict
 # nbval on the committed notebooks twice (with torch's vectorised CPU kernels, then with its plain
-# ones), the book build with warnings as errors, and the wheel test. Exits non-zero on the first failure.
+# ones), the book build with warnings as errors, the browser tests of the built book, and the wheel
+# test. Exits non-zero on the first failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -17,6 +18,8 @@ python -m pytest --nbval notebooks/ --nbval-sanitize-with nbval_sanitize.cfg -q 
 ATEN_CPU_CAPABILITY=default python -m pytest --nbval notebooks/ --nbval-sanitize-with nbval_sanitize.cfg -q -p no:cacheprovider
 rm -rf _build
 jupyter-book build . -W -n --keep-going
+# the built book in Chromium with every outside request blocked (screenshots in _build/screenshots/)
+python -m pytest -m browser tests/test_browser.py -q -p no:cacheprovider
 # the package as Colab gets it: build the wheel, install it with its declared dependencies in a fresh
 # venv, run the CLI and every notebook outside the repository (about 9 minutes on 2 shared CPU cores)
 python -m pytest -m wheel tests/test_wheel.py -q -p no:cacheprovider

@@ -18,6 +18,7 @@ import re
 from pathlib import Path
 
 import pytest
+import yaml
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("*.ipynb"))
 
@@ -133,6 +134,9 @@ def test_the_colab_cell_installs_the_book_extra_and_the_pinned_mnist(notebook):
     assert "google.colab" in first_code
     assert '"ddpm_lib[book] @ git+' in first_code, "install the package with its book extra"
     assert mnist_pin in first_code
+    # from the repository the book's Colab buttons open (_config.yml; scripts/set_repository_url.py)
+    url = yaml.safe_load((notebook.parent.parent / "_config.yml").read_text())["repository"]["url"]
+    assert f'"ddpm_lib[book] @ git+{url}"' in first_code, f"install from {url}: run scripts/set_repository_url.py"
 
 
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.stem)
