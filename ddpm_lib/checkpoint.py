@@ -209,14 +209,25 @@ class LoadedModel:
 def load_model(path: str | Path, weights: str = "ema", device: str | torch.device = "cpu") -> LoadedModel:
     """Rebuild the U-Net of a checkpoint, load its ``"ema"`` (default) or ``"model"`` weights, set eval mode.
 
+    Sample with the EMA weights: they are what the training run's sample grids and every number of
+    the book come from. The raw weights of the last optimizer step are only in a training run's own
+    checkpoint; the shipped files (:func:`export_weights`) hold the EMA weights alone.
+
     Raises:
         FileNotFoundError, ValueError: from :func:`read_checkpoint`; ``ValueError`` also when the
             stored config or weights do not match this code's architecture, naming the keys and
-            shapes that differ.
+            shapes that differ, and when ``weights="model"`` is asked of a file without raw weights
+            (an exported or shipped one), saying so.
     """
     if weights not in ("ema", "model"):
         raise ValueError(f"weights must be 'ema' or 'model', got {weights!r}.")
     ckpt = _read_of_kind(path, "ddpm", "DDPM", "pass a checkpoint written by `python -m ddpm_lib train`")
+    if weights == "model" and not ckpt.prefixed("model") and ckpt.prefixed("ema"):
+        raise ValueError(
+            f"{path} holds only the EMA weights (an exported or shipped file; `export` drops the raw ones), so there "
+            f"are no raw 'model' weights to load. Sample with the EMA weights, load_model(..., weights='ema') (the "
+            f"default); the raw weights are in the training run's checkpoint, RUN/checkpoint.safetensors."
+        )
     config = UNetConfig.from_dict(ckpt.meta["model"])
     model = UNet(config)
     _load_weights(model, ckpt.prefixed(weights), f"{path}: the {weights} weights do not fit UNet({config})")

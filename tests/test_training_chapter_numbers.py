@@ -188,3 +188,71 @@ def test_the_bootstrap_calibration_the_prose_states(prose):
     assert diff < 0 and round(-diff / (se / model)) == 2
     diff, se = _paired(table, "ddpm-strided", "ddim", 10)
     assert diff / (se / model) > -2
+
+
+def test_the_decoder_width_exercise(prose):
+    # ex-training-decoder-width: "(1/255)/2.462 = 0.00159, so beta_1 < 2.54 x 10^-6", "beta_1 = 4.13 x 10^-5, about 16
+    # times more", "must rise from 10.1 to about 12.9 nats"
+    from statistics import NormalDist
+
+    from ddpm_lib.checkpoint import load_model
+
+    schedule = load_model("mnist").schedule
+    z = NormalDist().inv_cdf(2**-0.01)
+    sigma_max = (1 / 255) / z
+    beta_1 = float(schedule.beta[1])
+    # the bound is tight: at sigma_max the cost is 0.01 bits, and a pixel then costs -log2 Phi(z)
+    assert math.isclose(-math.log2(NormalDist().cdf((1 / 255) / sigma_max)), 0.01, rel_tol=1e-9)
+    assert f"(1/255)/{z:.3f} = {sigma_max:.5f}" in prose
+    assert f"\\beta_1 < {sigma_max**2 * 1e6:.2f} \\times 10^{{-6}}" in prose
+    assert f"\\beta_1 = {beta_1 * 1e5:.2f} \\times 10^{{-5}}$, about {beta_1 / sigma_max**2:.0f} times more" in prose
+    lam_now, lam_needed = float(schedule.log_snr[1]), math.log((1 - sigma_max**2) / sigma_max**2)
+    assert f"must rise from ${lam_now:.1f}$ to about ${lam_needed:.1f}$ nats" in prose
+
+
+def test_the_bits_per_dimension_exercise(prose):
+    # ex-training-bits: 1.652 bits/dim -> 1295 bits, 898 nats per image; 2^(6272 - 1295) = 2^4977
+    bpd = _read("mnist-nll-test.json")["bits_per_dim"]
+    assert f"bound on the test set is {bpd:.3f} bits/dim" in prose
+    bits = bpd * 784
+    assert f"$1.652 \\times 784 = {bits:.0f}$ bits, or ${bits:.0f} \\ln 2 = {bits * math.log(2):.0f}$ nats" in prose
+    assert f"$2^{{6272 - {bits:.0f}}} = 2^{{{8 * 784 - bits:.0f}}}$" in prose and 8 * 784 == 6272
+
+
+def test_the_three_errors_exercise(prose):
+    # ex-training-three-errors: eps error = alpha_bar_t * v error exactly, x0 error = (1 - alpha_bar_t) * v error, for
+    # the shipped v-model's own predictions; and the numbers quoted from the printed table at t = 600
+    import torch
+
+    from ddpm_lib import q_sample
+    from ddpm_lib.checkpoint import load_model
+    from ddpm_lib.core.targets import x0_eps_from_output
+
+    loaded = load_model("mnist")
+    schedule = loaded.schedule
+    assert loaded.target == "v"
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.rand((4, 1, 28, 28), generator=g) * 2 - 1
+    for t_now in (1, 600, 1000):
+        t = torch.full((4,), t_now)
+        eps = torch.randn(x0.shape, generator=g)
+        xt = q_sample(x0, t, eps, schedule)
+        with torch.no_grad():
+            out = loaded.model(xt, t)
+        ab = float(schedule.alpha_bar[t_now])
+        v = ab**0.5 * eps - (1 - ab) ** 0.5 * x0
+        x0_hat, eps_hat = x0_eps_from_output(out, xt, t, schedule, "v")
+        v_err = float(((out - v) ** 2).double().sum())
+        # float32 predictions: relative 1e-4 covers the round-off of forming eps_hat and x0_hat from out and xt
+        assert math.isclose(float(((eps_hat - eps) ** 2).double().sum()), ab * v_err, rel_tol=1e-4)
+        assert math.isclose(float(((x0_hat - x0) ** 2).double().sum()), (1 - ab) * v_err, rel_tol=1e-4, abs_tol=1e-6)
+    ab600 = float(schedule.alpha_bar[600])
+    # the v and eps errors at t = 600 as the chapter's cell printed them (rows "t:", "v loss:", "eps loss:")
+    cells = json.loads(NOTEBOOK.read_text())["cells"]
+    printed = next("".join(o["text"]) for c in cells if c["cell_type"] == "code" for o in c.get("outputs", [])
+                   if "v loss:" in "".join(o.get("text", "")))
+    rows = {line.split(":")[0]: line.split(":")[1].split() for line in printed.splitlines()}
+    col = rows["t"].index("600")
+    assert (rows["v loss"][col], rows["eps loss"][col]) == ("0.071", "0.024")
+    assert f"\\bar\\alpha_{{600}} = {ab600:.3f}$ and $0.071 \\times {ab600:.3f} = {0.071 * ab600:.3f}$" in prose
+    assert f"differs from 1 by ${float(schedule.beta[1]) * 1e5:.0f} \\times 10^{{-5}}$" in prose

@@ -12,11 +12,14 @@ repository's .venv has everything in requirements.txt) and fails there. So this 
    are this project's pins (and pip's cache serves them);
 3. from a temporary folder outside the repository, checks that ``ddpm_lib`` is the venv's copy,
    that the command line, training, sampling and evaluation import no teaching-only package
-   (matplotlib, ipywidgets are not even installed yet), and runs ``pretrained``, ``sample`` and
+   (matplotlib, ipywidgets, anywidget and daft are not even installed yet), and runs ``pretrained``, ``sample`` and
    ``evaluate`` (nll with 2 strata and fd, on 2 test images);
-4. installs the ``book`` extra and the Jupyter runtime that Colab provides (nbclient, ipykernel;
-   not ddpm_lib dependencies), copies every notebook into the temporary folder and executes it
-   with a kernel that runs the venv's Python.
+4. installs the ``book`` extra and the Jupyter runtime that Colab provides (ipykernel; not ddpm_lib
+   dependencies) with pytest and nbval, copies every notebook into the temporary folder and runs
+   strict ``pytest --nbval`` on them there, with torch's plain CPU kernels
+   (``ATEN_CPU_CAPABILITY=default``: sums round differently, as on another reader's machine), so
+   that every stored output must come out of the installed package on a CPU unlike the one that
+   wrote it; a one-cell notebook checks that the kernel runs the venv's Python and its ddpm_lib.
 
 Marked ``wheel`` and deselected by default (pyproject addopts); scripts/test.sh runs it with
 ``python -m pytest -m wheel tests/test_wheel.py``. It needs pip's index (PyPI or a mirror).
@@ -38,7 +41,7 @@ pytestmark = pytest.mark.wheel
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
-TEACHING_ONLY = ("matplotlib", "ipywidgets", "IPython")  # the `book` extra; sympy comes with torch
+TEACHING_ONLY = ("matplotlib", "ipywidgets", "anywidget", "daft", "IPython")  # the `book` extra; sympy comes with torch
 
 
 def _env(tmp: Path) -> dict:
@@ -66,41 +69,22 @@ def _run(cmd: list, cwd: Path, env: dict, timings: dict, label: str, timeout: fl
     return proc.stdout
 
 
-EXECUTE = r"""
-import pathlib, sys, time
-import nbformat
-from nbclient import NotebookClient
-from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
+def _venv_check_notebook(venv: Path) -> dict:
+    """A one-cell notebook whose stored output says the kernel runs the venv's Python and ddpm_lib.
 
-# No cell of the book takes a minute; 300 s means a kernel that stopped answering. Under heavy load
-# the kernel and the client have been seen to lose a message and both wait for ever (py-spy: both
-# idle in epoll), so a timeout or a dead kernel gets one more try with a fresh kernel, said aloud.
-# An error inside a cell never does.
-failed = []
-for path in sys.argv[1:]:
-    for attempt in (1, 2):
-        nb = nbformat.read(path, as_version=4)
-        # first, say which ddpm_lib and which Python the kernel runs (checked by the test)
-        nb.cells.insert(0, nbformat.v4.new_code_cell(
-            "import sys, ddpm_lib\nprint('WHEEL-CHECK', sys.executable, ddpm_lib.__file__)"))
-        t0 = time.perf_counter()
-        try:
-            NotebookClient(nb, timeout=300, kernel_name="wheel-venv",
-                           resources={"metadata": {"path": str(pathlib.Path(path).parent)}}).execute()
-        except CellExecutionError as err:
-            failed.append(f"{pathlib.Path(path).name}: {err.ename}: {err.evalue}")
-            print("FAILED", failed[-1], flush=True)
-            break
-        except (CellTimeoutError, DeadKernelError) as err:
-            print(f"RETRY {pathlib.Path(path).name} after attempt {attempt}: {type(err).__name__}", flush=True)
-            if attempt == 2:
-                failed.append(f"{pathlib.Path(path).name}: {type(err).__name__} twice")
-            continue
-        check = "".join(o.get("text", "") for o in nb.cells[0].outputs)
-        print(path, round(time.perf_counter() - t0, 1), check.strip(), flush=True)
-        break
-sys.exit("notebooks that failed:\n" + "\n".join(failed) if failed else 0)
-"""
+    nbval compares the fresh output with the stored ``True True``, so a kernel that ran another
+    Python, or imported ddpm_lib from the repository, fails the run.
+    """
+    source = (
+        "import pathlib, sys\n"
+        "import ddpm_lib\n"
+        f"venv = pathlib.Path({str(venv.resolve())!r})\n"
+        "print(pathlib.Path(sys.prefix).resolve() == venv, pathlib.Path(ddpm_lib.__file__).resolve().is_relative_to(venv))"
+    )
+    cell = {"cell_type": "code", "execution_count": 1, "id": "venv-check", "metadata": {}, "source": source,
+            "outputs": [{"name": "stdout", "output_type": "stream", "text": "True True\n"}]}
+    return {"cells": [cell], "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}},
+            "nbformat": 4, "nbformat_minor": 5}
 
 
 def test_wheel_installs_and_runs_outside_the_repository(tmp_path_factory, capsys):
@@ -167,22 +151,20 @@ def _build_install_and_run(tmp: Path, env: dict, timings: dict) -> None:
     metrics = json.loads((work / "m.json").read_text())
     assert 0 < metrics["bits_per_dim"] < 8 and metrics["n_images"] == 2 and "fd" in metrics and metrics["fd_se"] >= 0, metrics
 
-    # 4. the book extra and the Jupyter runtime, then every chapter
-    _run([*pip, f"{wheel}[book]", "nbclient", "ipykernel"], tmp, env, timings, "install book extra + nbclient/ipykernel")
-    spec = tmp / "jupyter" / "kernels" / "wheel-venv"
-    spec.mkdir(parents=True)
-    (spec / "kernel.json").write_text(json.dumps({
-        "argv": [str(py), "-m", "ipykernel_launcher", "-f", "{connection_file}"], "display_name": "wheel venv", "language": "python"}))
+    # 4. the book extra and the Jupyter runtime, then every chapter under strict nbval, with torch's
+    # plain (non-vectorised) CPU kernels: the stored outputs must come out of the installed package
+    # on a CPU unlike the one that wrote them. Two notebooks at a time, one thread each (2 cores).
+    _run([*pip, f"{wheel}[book]", "ipykernel", "pytest", "nbval", "pytest-xdist"], tmp, env, timings,
+         "install book extra + ipykernel, pytest, nbval")
     (work / "notebooks").mkdir()
     copies = [shutil.copy2(nb, work / "notebooks" / nb.name) for nb in NOTEBOOKS]
     assert copies, "no notebooks found"
-    (work / "execute.py").write_text(EXECUTE)
-    report = _run([py, "execute.py", *copies], work, env, timings, "execute notebooks", timeout=3600)
-    lines = [line for line in report.splitlines() if "WHEEL-CHECK" in line]
-    assert len(lines) == len(copies), report
-    for line in lines:
-        _, seconds, _, executable, module = line.split()
-        assert Path(executable).parent.parent == venv, line  # not resolved: venv/bin/python links to the base Python
-        assert Path(module).resolve().is_relative_to(venv.resolve()), line
-
-    timings.update({f"  {Path(line.split()[0]).stem}": float(line.split()[1]) for line in lines})
+    (work / "notebooks" / "venv_check.ipynb").write_text(json.dumps(_venv_check_notebook(venv)))
+    shutil.copy2(REPO / "nbval_sanitize.cfg", work / "nbval_sanitize.cfg")
+    nbval_env = {**env, "ATEN_CPU_CAPABILITY": "default", "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
+    report = _run([py, "-m", "pytest", "--nbval", "notebooks", "--nbval-sanitize-with", "nbval_sanitize.cfg",
+                   "--nbval-current-env", "--nbval-cell-timeout=300", "-n", "2", "--dist", "loadfile",
+                   "-q", "-p", "no:cacheprovider"],
+                  work, nbval_env, timings, "nbval notebooks (plain kernels)", timeout=3600)
+    assert " passed" in report, report  # _run has raised for any failure, and pytest exits 5 if nothing ran
+    print("\n" + report.strip().splitlines()[-1])

@@ -5,6 +5,10 @@ integer tensor ``(B,)`` in ``1..T`` (the book's time convention, notation page),
 ``xt``'s shape and dtype. A conditional denoiser closes over its labels. Samplers only ever see a
 denoiser, so a wrapper (clipping, guidance in Part V) gives every sampler the same behaviour.
 
+A denoiser that converts a network's output with a schedule (:func:`model_denoiser`) carries it as
+its attribute ``schedule``; the wrappers here keep it, and the sampling loop refuses to step with another
+one (:func:`check_schedule`): a network sampled with a schedule it was not trained with gives noise.
+
 The score and the denoiser carry the same information (Tweedie's formula, book eq. ``tweedie``):
 :func:`score_from_denoiser` and :func:`denoiser_from_score` convert between them.
 """
@@ -18,7 +22,8 @@ import torch
 from ..core.schedules import Schedule
 from ..core.targets import get_target, score_from_x0, x0_from_score
 
-__all__ = ["Denoiser", "ScoreFn", "model_denoiser", "clip_denoiser", "score_from_denoiser", "denoiser_from_score"]
+__all__ = ["Denoiser", "ScoreFn", "model_denoiser", "clip_denoiser", "score_from_denoiser", "denoiser_from_score",
+           "schedule_of", "check_schedule"]
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -35,6 +40,11 @@ def model_denoiser(
         labels: int64 ``(B,)`` class labels the conditional denoiser closes over (the batch it is
             called with must have ``B`` rows), or ``None`` for an unconditional model.
 
+    Returns:
+        The denoiser, with the attribute ``schedule`` (this ``schedule``), which the sampling loop
+        compares with its own (:func:`check_schedule`). Pass the schedule the network was trained
+        with: a checkpoint's is ``load_model(...).schedule``.
+
     Raises:
         ValueError: for an unknown target (at once, not at the first call).
     """
@@ -44,16 +54,56 @@ def model_denoiser(
         output = model(xt, t) if labels is None else model(xt, t, labels)
         return to_x0_eps(output, xt, t, schedule)[0]
 
+    denoiser.schedule = schedule
     return denoiser
 
 
 def clip_denoiser(denoiser: Denoiser, lo: float = -1.0, hi: float = 1.0) -> Denoiser:
-    """Clamp a denoiser's ``x0_hat`` to ``[lo, hi]``, the data range (Ho et al. 2020, §3.3 and their code)."""
+    """Clamp a denoiser's ``x0_hat`` to ``[lo, hi]``, the data range (Ho et al. 2020, §3.3 and their code).
+
+    Without it, an ``eps``-predicting network's
+    :math:`\\hat x_0 = (x_t - \\sqrt{1-\\bar\\alpha_t}\\,\\hat\\epsilon)/\\sqrt{\\bar\\alpha_t}` (book eq. ``x0-from-eps``)
+    amplifies the network's error by :math:`\\sqrt{(1-\\bar\\alpha_t)/\\bar\\alpha_t}` (about :math:`2\\cdot 10^4`
+    at ``t = T`` of the cosine schedule), and a sampler with few steps carries it into the image. The
+    result keeps the input's ``schedule`` attribute (:func:`schedule_of`).
+    """
 
     def clipped(xt: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return denoiser(xt, t).clamp(lo, hi)
 
+    clipped.schedule = schedule_of(denoiser)
     return clipped
+
+
+def schedule_of(denoiser: Denoiser) -> Schedule | None:
+    """The schedule a denoiser converts with (its attribute ``schedule``), or ``None`` if it does not say.
+
+    :func:`model_denoiser` and :func:`denoiser_from_score` set it and the wrappers of this package keep
+    it; a denoiser written by hand (an exact toy denoiser, a ``lambda``) says nothing, and is not checked.
+    """
+    return getattr(denoiser, "schedule", None)
+
+
+def check_schedule(denoiser: Denoiser, schedule: Schedule) -> None:
+    """Refuse to sample with ``schedule`` a denoiser that converts with another one.
+
+    Two schedules are the same when they are the same object or have equal ``beta`` (float64, every
+    ``t``): a network trained on the cosine schedule with ``T = 1000`` and sampled with the linear one,
+    or with ``T = 500``, is handed noise levels that do not match its ``t``, and its samples are no longer
+    digits (book chapter "My samples are noise"). Called by :func:`~ddpm_lib.sampling.loop.iterate` on every run.
+
+    Raises:
+        ValueError: if :func:`schedule_of` the denoiser is not ``None`` and differs from ``schedule``;
+            the message names both and the fix (one schedule, the checkpoint's, for both).
+    """
+    own = schedule_of(denoiser)
+    if own is None or own is schedule or (own.T == schedule.T and torch.equal(own.beta, schedule.beta)):
+        return
+    raise ValueError(
+        f"the denoiser converts the network's output with {own}, but the sampler steps with {schedule}. A network "
+        f"must be sampled with the schedule it was trained with: pass the checkpoint's schedule (load_model(...).schedule) "
+        f"to both model_denoiser and the sampler, or use generate_images, which does."
+    )
 
 
 def score_from_denoiser(denoiser: Denoiser, schedule: Schedule) -> ScoreFn:
@@ -78,4 +128,5 @@ def denoiser_from_score(score: ScoreFn, schedule: Schedule) -> Denoiser:
     def denoiser(xt: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return x0_from_score(xt, t, score(xt, t), schedule)
 
+    denoiser.schedule = schedule
     return denoiser

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from ..core.schedules import Schedule
-from .denoisers import Denoiser
+from .denoisers import Denoiser, check_schedule
 from .steps import ddim_step, ddpm_step, dpm_solver_2m_step, heun_step
 
 __all__ = ["Step", "SamplerState", "iterate", "sample", "count_nfe", "ddim_timesteps", "SAMPLERS", "sampler_plan"]
@@ -67,9 +67,11 @@ def iterate(
         ``SamplerState(0, x0, x0, nfe)`` last.
 
     Raises:
-        ValueError: if ``timesteps`` is empty, not strictly decreasing, or outside ``1..T``.
+        ValueError: if ``timesteps`` is empty, not strictly decreasing, or outside ``1..T``; or if the
+            denoiser carries another schedule than ``schedule`` (:func:`~ddpm_lib.sampling.denoisers.check_schedule`).
         RuntimeError: if a step returns without calling the denoiser.
     """
+    check_schedule(denoiser, schedule)
     if not timesteps or any(a <= b for a, b in zip(timesteps, timesteps[1:])):
         raise ValueError("timesteps must be a non-empty, strictly decreasing list.")
     if timesteps[0] > schedule.T or timesteps[-1] < 1:
