@@ -65,13 +65,25 @@ def to_model(images: torch.Tensor | np.ndarray) -> torch.Tensor:
 def to_uint8(x: torch.Tensor) -> torch.Tensor:
     """Model-range images ``(N, 1, H, W)`` -> uint8 ``(N, H, W)``: clamp to ``[-1, 1]``, scale, round.
 
-    The inverse of :func:`to_model` on its image: ``to_uint8(to_model(k)) == k``.
+    The inverse of :func:`to_model` on its image: ``to_uint8(to_model(k)) == k``. Finite values outside
+    ``[-1, 1]`` are clamped (an unclipped sampler's salt and pepper, book chapter "My samples are
+    noise"); NaN and infinite values are refused, since a clamp would paint them as plausible pixels
+    (a cast turns NaN into 0, a black image).
 
     Raises:
-        ValueError: if the shape is not ``(N, 1, H, W)``.
+        ValueError: if the shape is not ``(N, 1, H, W)``, or if a value is NaN or infinite (the message
+            counts them and names the usual causes).
     """
     if x.ndim != 4 or x.shape[1] != 1:
         raise ValueError(f"to_uint8 expects shape (N, 1, H, W), got {tuple(x.shape)}.")
+    finite = torch.isfinite(x)
+    if not bool(finite.all()):
+        nan, inf = int(torch.isnan(x).sum()), int(torch.isinf(x).sum())
+        raise ValueError(
+            f"to_uint8: {nan} NaN and {inf} infinite values among {x.numel()} (in {int((~finite).flatten(1).any(1).sum())} of "
+            f"{x.shape[0]} images); there is no pixel to map them to. The sampler produced them: look for a division by "
+            f"zero or 0 * inf (a variance of 0 at the last step raised to a negative power), a log of 0, or a diverging step."
+        )
     return ((x.detach().float().clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8)[:, 0].cpu()
 
 

@@ -82,6 +82,18 @@ def test_to_uint8_rejects_bad_shape(shape):
         to_uint8(torch.zeros(shape))
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_to_uint8_refuses_values_that_are_not_finite(bad):
+    # planted: one pixel of one image is NaN or infinite (a sampler's 0 * inf); before this check the cast painted a NaN
+    # black (0) and the clamp an infinity white or black, so a broken sampler's output looked like blank images
+    x = torch.zeros(3, 1, 4, 4)
+    x[1, 0, 2, 2] = bad
+    with pytest.raises(ValueError, match=r"to_uint8: [01] NaN and [01] infinite values among 48 \(in 1 of 3 images\)"):
+        to_uint8(x)
+    x[1, 0, 2, 2] = 7.0  # a finite value far outside [-1, 1] is still clamped
+    assert to_uint8(x)[1, 2, 2].item() == 255
+
+
 # --- load_mnist: argument errors (no data needed) ----------------------------------------------------------
 
 

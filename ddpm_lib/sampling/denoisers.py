@@ -23,7 +23,7 @@ from ..core.schedules import Schedule
 from ..core.targets import get_target, score_from_x0, x0_from_score
 
 __all__ = ["Denoiser", "ScoreFn", "model_denoiser", "clip_denoiser", "score_from_denoiser", "denoiser_from_score",
-           "schedule_of", "check_schedule"]
+           "schedule_of", "check_schedule", "schedules_match", "SCHEDULE_RTOL", "SCHEDULE_ATOL"]
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -84,25 +84,62 @@ def schedule_of(denoiser: Denoiser) -> Schedule | None:
     return getattr(denoiser, "schedule", None)
 
 
+SCHEDULE_RTOL = 1e-12
+"""Relative tolerance of :func:`schedules_match` on each ``beta_t``."""
+SCHEDULE_ATOL = 1e-14
+"""Absolute tolerance of :func:`schedules_match` on each ``beta_t`` (about 45 float64 ulps of 1)."""
+
+
+def schedules_match(a: Schedule, b: Schedule) -> bool:
+    """Whether two schedules are the same: the same object, or the same ``T`` and ``beta`` equal to round-off.
+
+    ``beta_t`` is computed as ``1 - alpha_bar_t / alpha_bar_{t-1}`` (cosine, sigmoid), so two computations
+    of one schedule differ by a few ulps of 1 in ``beta`` (an absolute error), which is a relative error of
+    up to ``eps / beta_t``: the shipped ``mnist`` checkpoint's cosine betas differ from a fresh
+    ``cosine_schedule(1000)`` by ``2.2e-16`` at four ``t`` (relative ``1.1e-13``), so an exact comparison
+    would refuse the right schedule. The test is ``|a.beta - b.beta| <= SCHEDULE_ATOL + SCHEDULE_RTOL |b.beta|``
+    at every ``t`` (``torch.allclose``); another schedule, or one ``beta_t`` changed by a relative ``1e-3``,
+    is far outside it (tests/test_troubleshooting.py).
+    """
+    return a is b or (a.T == b.T and bool(torch.allclose(a.beta.to(torch.float64), b.beta.to(torch.float64),
+                                                           rtol=SCHEDULE_RTOL, atol=SCHEDULE_ATOL)))
+
+
+def _schedule_difference(a: Schedule, b: Schedule) -> str:
+    """Where two schedules of one ``T`` differ most in ``beta`` (for messages whose reprs look alike)."""
+    if a.T != b.T:
+        return f"T = {a.T} against T = {b.T}"
+    diff = (a.beta.to(torch.float64) - b.beta.to(torch.float64)).abs()
+    t = int(diff.argmax())
+    return f"their beta_t differ by up to {float(diff[t]):.3g} (at t = {t}, beta_t = {float(b.beta[t]):.6g})"
+
+
 def check_schedule(denoiser: Denoiser, schedule: Schedule) -> None:
     """Refuse to sample with ``schedule`` a denoiser that converts with another one.
 
-    Two schedules are the same when they are the same object or have equal ``beta`` (float64, every
-    ``t``): a network trained on the cosine schedule with ``T = 1000`` and sampled with the linear one,
-    or with ``T = 500``, is handed noise levels that do not match its ``t``, and its samples are no longer
-    digits (book chapter "My samples are noise"). Called by :func:`~ddpm_lib.sampling.loop.iterate` on every run.
+    Two schedules are the same when :func:`schedules_match` says so (the same object, or the same ``T``
+    and equal ``beta`` to round-off): a network trained on the cosine schedule with ``T = 1000`` and
+    sampled with the linear one, or with ``T = 500``, is handed noise levels that do not match its ``t``,
+    and its samples are no longer digits (book chapter "My samples are noise"). Called by
+    :func:`~ddpm_lib.sampling.loop.iterate` on every run.
+
+    What it compares is the denoiser's schedule with the sampler's; it cannot know the schedule the
+    network was trained with. A network given the wrong schedule in both places passes: take the
+    checkpoint's, ``load_model(...).schedule``, or sample with ``generate_images``.
 
     Raises:
         ValueError: if :func:`schedule_of` the denoiser is not ``None`` and differs from ``schedule``;
-            the message names both and the fix (one schedule, the checkpoint's, for both).
+            the message names both, where their betas differ, and the fix (one schedule, the
+            checkpoint's, for both).
     """
     own = schedule_of(denoiser)
-    if own is None or own is schedule or (own.T == schedule.T and torch.equal(own.beta, schedule.beta)):
+    if own is None or schedules_match(own, schedule):
         return
     raise ValueError(
-        f"the denoiser converts the network's output with {own}, but the sampler steps with {schedule}. A network "
-        f"must be sampled with the schedule it was trained with: pass the checkpoint's schedule (load_model(...).schedule) "
-        f"to both model_denoiser and the sampler, or use generate_images, which does."
+        f"the denoiser converts the network's output with {own}, but the sampler steps with {schedule} "
+        f"({_schedule_difference(own, schedule)}). A network must be sampled with the schedule it was trained with: "
+        f"pass the checkpoint's schedule (load_model(...).schedule) to both model_denoiser and the sampler, or use "
+        f"generate_images, which does."
     )
 
 

@@ -5,7 +5,9 @@ Three diagrams, each a :class:`Diagram` (its nodes and edges, as data) drawn by 
 
 * :func:`vae_diagram`: the VAE of {cite:t}`kingma2014autoencoding` (their Figure 1): the decoder
   :math:`p_\\theta(x \\mid z)` and the encoder :math:`q_\\phi(z \\mid x)`; book chapter "The variational
-  autoencoder", eq. ``elbo-recon-prior``.
+  autoencoder", eq. ``elbo-recon-prior``. Their figure also has the parameters :math:`\\theta` and
+  :math:`\\phi` as nodes and a plate over the :math:`N` data points; both are left out here (the
+  parameters are named in the edge labels; the repetition over data points is left implicit).
 * :func:`hvae_diagram`: the Markovian hierarchical VAE of Luo (2022, Figure 2), the factorization of
   book eq. ``mhvae-factorization``.
 * :func:`diffusion_chain_diagram`: the variational diffusion model of Ho et al. (2020, Figure 2), the
@@ -111,7 +113,8 @@ class Diagram:
 def vae_diagram() -> Diagram:
     """The VAE: latent :math:`z` above the observed :math:`x`; decoder :math:`p_\\theta(x \\mid z)`, encoder :math:`q_\\phi(z \\mid x)`.
 
-    Kingma & Welling (2014), Figure 1 (without the plate over the data set).
+    Kingma & Welling (2014), Figure 1, without its parameter nodes :math:`\\theta`, :math:`\\phi` and its
+    plate over the data set.
     """
     nodes = (Node("z", "$z$", 0.0, 1.5), Node("x", "$x$", 0.0, 0.0, observed=True))
     edges = (Edge("z", "x", _MODEL, r"$p_\theta(x \mid z)$"), Edge("x", "z", _INFERENCE, r"$q_\phi(z \mid x)$"))
@@ -168,13 +171,18 @@ def draw(diagram: Diagram, fontsize: float = 12.0) -> Figure:
     Nodes are daft nodes 1.2 cm across (observed ones shaded; elided ones dots without a circle),
     ``"model"`` edges daft's straight solid arrows, ``"inference"`` edges dashed arcs drawn with
     ``Axes.annotate`` (arc3, bulging below a left-to-right edge and to the right of an upward one).
-    The figure is sized by daft from the node positions plus a margin of 0.9 grid units for the arcs
-    and labels: the widest diagram above, the diffusion chain, is 21.6 cm (8.5 in) wide, 680 px at
-    the book's 80 dpi.
+    The figure is sized by daft from the node positions plus a margin of 0.9 grid units, which holds
+    the arcs and labels of the horizontal chains: the widest diagram above, the diffusion chain, is
+    21.6 cm (8.5 in) wide, 680 px at the book's 80 dpi. The labels beside a vertical edge (the VAE's)
+    reach beyond that margin, so the figure's ``savefig`` (and ``pyplot.savefig``, which calls it) saves
+    the tight bounding box unless ``bbox_inches`` is given, as the notebooks' inline backend does;
+    ``bbox_inches=None`` saves the figure's own box and clips the VAE's labels.
 
     Returns:
         the figure, with one axes holding one ``Ellipse`` per node (elided nodes' invisible), one
-        ``FancyArrow`` per model edge and one annotation arrow (``FancyArrowPatch``) per inference edge.
+        solid ``FancyArrow`` per model edge, from near its start node's centre towards its end node's,
+        and one dashed annotation arrow (``FancyArrowPatch``, head at ``xy``) per inference edge, with
+        ``xyann`` at its start node's centre and ``xy`` at its end node's.
     """
     xs, ys = [n.x for n in diagram.nodes], [n.y for n in diagram.nodes]
     margin = 0.9  # grid units around the nodes: room for the arcs and their labels
@@ -213,5 +221,19 @@ def draw(diagram: Diagram, fontsize: float = 12.0) -> Figure:
             vertical = dx == 0
             ax.text(mx + (0.15 if vertical else 0.0), my - (0.0 if vertical else 0.25), e.label, fontsize=fontsize - 1,
                     ha="left" if vertical else "center", va="center" if vertical else "top", color="0.25")
-    return pgm.figure
+    fig = pgm.figure
+    _save_whole(fig)
+    return fig
+
+
+def _save_whole(fig: Figure) -> None:
+    """Make ``fig.savefig`` (and ``pyplot.savefig``, which calls it) default to ``bbox_inches="tight"``."""
+    plain = fig.savefig
+
+    def savefig(*args, **kwargs):
+        kwargs.setdefault("bbox_inches", "tight")
+        return plain(*args, **kwargs)
+
+    savefig.__doc__ = f"Figure.savefig with bbox_inches='tight' unless given (labels reach beyond the figure).\n\n{plain.__doc__}"
+    fig.savefig = savefig
 

@@ -69,6 +69,19 @@ class GaussianMixture:
         logp = torch.log(self.weights) - 0.5 * self.dim * torch.log(2 * torch.pi * var) - sq / (2 * var)
         return logp, torch.logsumexp(logp, dim=1)
 
+    def responsibilities(self, x: torch.Tensor) -> torch.Tensor:
+        """The posterior probabilities of the components, :math:`r_k(x) = \\pi_k \\mathcal N(x; \\mu_k, s_k^2 I) / p(x)`.
+
+        Args:
+            x: ``(n, d)``, any float dtype (computed in float64).
+
+        Returns:
+            float64 ``(n, K)``, each row non-negative and summing to 1 (to round-off); the argmax of a row
+            is the component most probable at that point.
+        """
+        logp, total = self._log_resp(x.to(torch.float64))
+        return torch.exp(logp - total[:, None])
+
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         """Log-density in nats, shape ``(n,)`` for ``x`` of shape ``(n, d)``."""
         return self._log_resp(x.to(torch.float64))[1]
