@@ -8,7 +8,8 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 . .venv/bin/activate
 export MPLBACKEND=Agg
-python -m pytest tests -q -p no:cacheprovider
+# the unit tests two at a time, one thread each, on the 2 cores
+OMP_NUM_THREADS=1 python -m pytest tests -q -p no:cacheprovider -n 2
 # the shipped samplers give the same float32 samples, bit for bit, as before the library was reshaped (8ed6fd4)
 python scripts/bit_identity.py
 # two notebooks at a time, one thread each, on the 2 cores (the second run, with torch's plain CPU
