@@ -15,7 +15,7 @@ DEFINED_TARGET = re.compile(r"^\(([A-Za-z0-9_-]+)\)=", re.M)  # MyST: (label)=
 
 # Labels cited by ddpm_lib whose chapters are still to be written. (The second part's labels,
 # posterior-mean ... ddim-step, are now defined by its chapters.)
-PLANNED: set[str] = {"ula-step"}  # Part IV, "Energy-based models and Langevin dynamics" (issue 11)
+PLANNED: set[str] = set()
 
 
 def _book_text() -> str:
