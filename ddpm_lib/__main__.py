@@ -224,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--n", type=_positive_int, default=64)
     s.add_argument("--sampler", choices=SAMPLERS, default="ddim")
     s.add_argument("--steps", type=_positive_int,
-                   help="ddpm-strided, ddim, dpm-solver-2m: number of steps in 1..T (default 50); ddpm: must be T")
+                   help="every sampler but ddpm: number of steps in 1..T (default 50); ddpm: must be T")
     s.add_argument("--eta", type=float, default=0.0, help="ddim's eta (0: deterministic; 1: DDPM-like)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--batch-size", type=_positive_int, default=256)
@@ -293,7 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--classifier", default="mnist-classifier")
     st.add_argument("--n", type=_positive_int, default=2000, help="samples per row (the floor uses as many real images per set)")
     st.add_argument("--nfe", type=_positive_int, nargs="+", default=[10, 20, 50, 100], help="numbers of steps for every sampler but ddpm (which runs all T steps); each is also its number "
-                    "of network evaluations, but for heun (about two per step), whose count the table records")
+                    "of network evaluations, but for heun and pc (about two per step), whose counts the table records")
     st.add_argument("--samplers", nargs="+", choices=sorted(SAMPLERS), default=["ddpm", "ddpm-strided", "ddim", "dpm-solver-2m"],
                     help="samplers to compare (ddpm costs T network calls per image)")
     st.add_argument("--floor-sets", type=_positive_int, default=5, help="disjoint sets of n training digits for the floor")

@@ -533,7 +533,7 @@ def test_sampler_plan_refuses_zero_steps_instead_of_defaulting():
 def test_sampler_plan_names_its_steps():
     from ddpm_lib.sampling import SAMPLERS, dpm_solver_2m_step, heun_step, sampler_plan
 
-    assert set(SAMPLERS) == {"ddpm", "ddpm-strided", "ddim", "dpm-solver-2m", "heun"}
+    assert set(SAMPLERS) == {"ddpm", "ddpm-strided", "ddim", "dpm-solver-2m", "heun", "euler-maruyama", "pc"}
     assert sampler_plan("ddpm", 20) == (ddpm_step, list(range(20, 0, -1)))
     assert sampler_plan("heun", 100, 8) == (heun_step, ddim_timesteps(100, 8))
     assert sampler_plan("dpm-solver-2m", 100, 8)[0] is dpm_solver_2m_step

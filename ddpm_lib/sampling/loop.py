@@ -18,9 +18,9 @@ import torch
 
 from ..core.schedules import Schedule
 from .denoisers import Denoiser, check_schedule
-from .steps import ddim_step, ddpm_step, dpm_solver_2m_step, heun_step
+from .steps import ddim_step, ddpm_step, dpm_solver_2m_step, euler_maruyama_step, heun_step, pc_step
 
-__all__ = ["Step", "SamplerState", "iterate", "sample", "count_nfe", "ddim_timesteps", "SAMPLERS", "sampler_plan"]
+__all__ = ["Step", "SamplerState", "iterate", "sample", "count_nfe", "ddim_timesteps", "SAMPLERS", "PC_DEFAULTS", "sampler_plan"]
 
 Step = Callable[..., tuple[torch.Tensor, Any]]
 """``step(denoiser, x, t, t_prev, schedule, generator, state) -> (x_prev, state)``."""
@@ -143,8 +143,15 @@ def ddim_timesteps(T: int, steps: int) -> list[int]:
     return sorted({int(round(T - i * T / steps)) for i in range(steps)}, reverse=True)
 
 
-SAMPLERS = ("ddpm", "ddpm-strided", "ddim", "dpm-solver-2m", "heun")
+SAMPLERS = ("ddpm", "ddpm-strided", "ddim", "dpm-solver-2m", "heun", "euler-maruyama", "pc")
 """Sampler names accepted by :func:`sampler_plan` and the command line."""
+
+PC_DEFAULTS = {"predictor": "ancestral", "n_corrector": 1, "snr": 0.16, "norms": "batch"}
+"""The sampler ``pc``: :func:`~ddpm_lib.sampling.steps.pc_step` with these arguments. Song et al.'s (2021) predictor-corrector sampler with
+the ancestral predictor, which their released configurations use for DDPM models, one Langevin corrector step and their
+``snr`` = 0.16, the step size from the batch's mean norms as in their code. (Their Algorithm 3, for the VP-SDE, has the reverse-diffusion
+predictor, ``predictor="reverse-diffusion"``; on the shipped cosine schedule its first step from ``t = T`` doubles the
+variance, and at ten steps its digits are visibly worse: book chapter "Stochastic differential equations".)"""
 
 
 def sampler_plan(sampler: str, T: int, steps: int | None = None, eta: float = 0.0) -> tuple[Step, list[int]]:
@@ -157,6 +164,10 @@ def sampler_plan(sampler: str, T: int, steps: int | None = None, eta: float = 0.
     2021, §4); it ignores ``eta``. ``heun`` evaluates the network twice per step, but once on the
     last step and on steps that start above ``sigma_max`` (:func:`~ddpm_lib.sampling.steps.heun_step`),
     so ``steps`` Heun steps cost at most ``2 steps - 1`` evaluations; :func:`count_nfe` counts them.
+    ``euler-maruyama`` (:func:`~ddpm_lib.sampling.steps.euler_maruyama_step`) solves the reverse-time SDE,
+    one evaluation per step; ``pc`` (:func:`~ddpm_lib.sampling.steps.pc_step` with :data:`PC_DEFAULTS`) adds a
+    Langevin corrector step after each predictor step but the last, so ``steps`` steps cost ``2 steps - 1``
+    evaluations. Both ignore ``eta``. Book chapter "Stochastic differential equations".
 
     Returns:
         ``(step, timesteps)`` for :func:`sample`.
@@ -169,7 +180,8 @@ def sampler_plan(sampler: str, T: int, steps: int | None = None, eta: float = 0.
             raise ValueError(f"the ddpm sampler takes all T = {T} steps; use ddpm-strided, ddim or dpm-solver-2m for fewer.")
         return ddpm_step, list(range(T, 0, -1))
     strided = {"ddim": partial(ddim_step, eta=eta), "ddpm-strided": partial(ddim_step, eta=1.0),
-               "dpm-solver-2m": dpm_solver_2m_step, "heun": heun_step}
+               "dpm-solver-2m": dpm_solver_2m_step, "heun": heun_step,
+               "euler-maruyama": euler_maruyama_step, "pc": partial(pc_step, **PC_DEFAULTS)}
     if sampler not in strided:
         raise ValueError(f"unknown sampler {sampler!r}; choose one of {SAMPLERS}.")
     return strided[sampler], ddim_timesteps(T, 50 if steps is None else steps)
