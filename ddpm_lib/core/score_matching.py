@@ -19,9 +19,12 @@ With the book's forward process (eq. ``q-sample``) the kernel is :math:`\\alpha 
 (Song & Ermon 2019, eq. 6) the denoising objective is half the squared error of
 :math:`\\hat\\epsilon = -\\sigma\\, s_\\theta`, the loss of Ho et al. (2020, eq. 14).
 
-Torch only. Each function accepts float tensors of shape ``(B, ...)`` and returns a 0-d tensor of the
-input's dtype; per-row coefficients (``sigma``, ``alpha``, ``weight``) are Python floats or tensors of shape
-``(B,)``, formed in float64 and cast to the data's dtype at the end.
+Torch only. Each function accepts float tensors of shape ``(B, ...)``; the three losses return a 0-d tensor,
+:func:`conditional_score` a tensor of ``xt``'s shape. The result's dtype is that of the tensor inputs promoted
+together (``torch.result_type``: float32 throughout gives float32, a float64 tensor anywhere gives float64).
+Per-row coefficients (``sigma``, ``alpha``, ``weight``) are Python floats or tensors of shape ``(B,)``, formed
+in float64 and cast to the result's dtype at the end; they are not detached, so a coefficient that requires
+grad (a learned noise schedule, ``ddpm_lib.core.learned_schedule``) passes its gradient through the loss.
 """
 
 from __future__ import annotations
@@ -36,8 +39,9 @@ __all__ = ["conditional_score", "explicit_score_matching_loss", "implicit_score_
 def _per_row(value: float | torch.Tensor, like: torch.Tensor, name: str) -> torch.Tensor:
     # a float, a 0-d tensor or a (B,) tensor -> float64 on the CPU, of shape (B, 1, ..., 1) (or ()); the
     # caller casts it to the data's dtype and device at the end (float64 is not available on every accelerator)
-    # (a Python float goes straight to float64: torch.as_tensor(0.3) would round it to float32 first)
-    v = value.detach().cpu().to(torch.float64) if torch.is_tensor(value) else torch.tensor(value, dtype=torch.float64)
+    # (a Python float goes straight to float64: torch.as_tensor(0.3) would round it to float32 first). A tensor
+    # is not detached: .cpu() and .to() are differentiable, so its gradient reaches the loss.
+    v = value.cpu().to(torch.float64) if torch.is_tensor(value) else torch.tensor(value, dtype=torch.float64)
     if v.ndim == 0:
         return v
     if v.shape != (like.shape[0],):
@@ -75,17 +79,18 @@ def conditional_score(xt: torch.Tensor, x0: torch.Tensor, sigma: float | torch.T
         alpha: the kernel's mean factor, a float or a ``(B,)`` tensor (1 for the kernel of Vincent 2011).
 
     Returns:
-        ``xt``'s shape and dtype, in units of 1 / ``x``.
+        ``xt``'s shape, in units of 1 / ``x``; dtype: ``xt`` and ``x0`` promoted together (see the module).
 
     Raises:
-        ValueError: for mismatched shapes, a non-positive ``sigma`` or a per-row tensor of the wrong length.
+        ValueError: for mismatched shapes, a ``sigma`` that is not positive (zero, negative or NaN) or a
+            per-row tensor of the wrong length.
     """
     if xt.shape != x0.shape:
         raise ValueError(f"conditional_score: xt {tuple(xt.shape)} and x0 {tuple(x0.shape)} must have one shape.")
     _check_batch(xt, "xt")
     s = _per_row(sigma, xt, "sigma")
-    if bool((s <= 0).any()):
-        raise ValueError("conditional_score: sigma (the kernel's standard deviation) must be positive.")
+    if bool((~(s > 0)).any()):  # written so that a NaN fails it too
+        raise ValueError("conditional_score: sigma (the kernel's standard deviation) must be positive (and not NaN).")
     a = _per_row(alpha, xt, "alpha")
     return -(xt - a.to(xt) * x0) / (s * s).to(xt)
 
@@ -106,7 +111,7 @@ def explicit_score_matching_loss(score: torch.Tensor, true_score: torch.Tensor,
             multiplied by its weight before the mean); ``None`` for 1.
 
     Returns:
-        A 0-d tensor of ``score``'s dtype, in units of 1 / ``x`` squared.
+        A 0-d tensor, in units of 1 / ``x`` squared; dtype: ``score`` and ``true_score`` promoted together.
 
     Raises:
         ValueError: for mismatched shapes or a weight tensor of the wrong length.
@@ -133,7 +138,9 @@ def implicit_score_matching_loss(score_fn: Callable[[torch.Tensor], torch.Tensor
     low dimension only. With ``n_probes = k`` it is Hutchinson's unbiased estimate
     :math:`\\frac1k\\sum_j v_j^\\top (\\nabla_x s_\\theta)\\, v_j` with Rademacher probes :math:`v_j` (the
     variance-reduced sliced score matching of Song, Garg, Shi & Ermon 2019): one backward pass per probe.
-    Either way the graph is kept, so the result can be differentiated with respect to the model's parameters.
+    When gradients are enabled the graph is kept (``create_graph=True``), so the result can be differentiated
+    with respect to the model's parameters (and requires grad: ``.detach()`` it before ``float``); under
+    ``torch.no_grad()`` no graph of second derivatives is built and the result does not require grad.
 
     Args:
         score_fn: ``x -> s_theta(x)``, shape of ``x``, differentiable in ``x`` (close over ``t`` for a
@@ -145,8 +152,8 @@ def implicit_score_matching_loss(score_fn: Callable[[torch.Tensor], torch.Tensor
         weight: optional per-row weights, as in :func:`explicit_score_matching_loss`.
 
     Returns:
-        A 0-d tensor of ``x``'s dtype, in units of 1 / ``x`` squared. Unlike the explicit objective it can be
-        negative (its minimum is minus the constant above).
+        A 0-d tensor, in units of 1 / ``x`` squared; dtype: ``x`` and ``score_fn``'s output promoted together.
+        Unlike the explicit objective it can be negative (its minimum is minus the constant above).
 
     Raises:
         ValueError: for ``n_probes < 1``, or a ``score_fn`` output of another shape than ``x``.
@@ -154,6 +161,7 @@ def implicit_score_matching_loss(score_fn: Callable[[torch.Tensor], torch.Tensor
     if n_probes is not None and n_probes < 1:
         raise ValueError(f"implicit_score_matching_loss: n_probes must be None (exact trace) or >= 1, got {n_probes}.")
     _check_batch(x, "x")
+    keep_graph = torch.is_grad_enabled()  # the caller's mode: a result to differentiate, or only its value
     with torch.enable_grad():
         x = x.detach().requires_grad_(True)
         s = score_fn(x)
@@ -164,26 +172,27 @@ def implicit_score_matching_loss(score_fn: Callable[[torch.Tensor], torch.Tensor
         if n_probes is None:
             trace = torch.zeros(B, dtype=s.dtype, device=s.device)
             for j in range(flat.shape[1]):
-                (g,) = torch.autograd.grad(flat[:, j].sum(), x, create_graph=True)
+                (g,) = torch.autograd.grad(flat[:, j].sum(), x, create_graph=keep_graph, retain_graph=True)
                 trace = trace + g.reshape(B, -1)[:, j]
         else:
             trace = torch.zeros(B, dtype=s.dtype, device=s.device)
             for _ in range(n_probes):
                 device = generator.device if generator is not None else x.device  # drawn on the generator's device
                 v = (torch.randint(0, 2, x.shape, generator=generator, device=device) * 2 - 1).to(x)
-                (g,) = torch.autograd.grad((s * v).sum(), x, create_graph=True)  # g_b = J_b^T v_b
+                (g,) = torch.autograd.grad((s * v).sum(), x, create_graph=keep_graph, retain_graph=True)  # g_b = J_b^T v_b
                 trace = trace + (g * v).reshape(B, -1).sum(1)
             trace = trace / n_probes
         per_row = trace + 0.5 * flat.pow(2).sum(1)
-    return _weighted_mean(per_row, weight)
+    return _weighted_mean(per_row, weight)  # outside enable_grad: under no_grad the result does not require grad
 
 
 def dsm_loss(score: torch.Tensor, xt: torch.Tensor, x0: torch.Tensor, sigma: float | torch.Tensor,
              alpha: float | torch.Tensor = 1.0, weight: float | torch.Tensor | None = None) -> torch.Tensor:
     """Denoising score matching: the mean over the batch of :math:`\\tfrac{\\lambda}{2}\\|s_\\theta(x_t) + (x_t - \\alpha x_0)/\\sigma^2\\|^2`.
 
-    Book eq. ``dsm-loss``; Vincent (2011), :math:`J_{DSMq_\\sigma}`; Song & Ermon (2019), eq. 2 (and eq. 5
-    with ``weight = sigma**2``, their :math:`\\lambda(\\sigma) = \\sigma^2`). For ``xt`` drawn from
+    Book eq. ``dsm-loss``; Vincent (2011), :math:`J_{DSMq_\\sigma}`; Song & Ermon (2019), eq. 2, and eq. 5 for
+    their Gaussian kernel at one noise level; ``weight = sigma**2`` is their :math:`\\lambda(\\sigma) = \\sigma^2`
+    in the combined objective, eq. 6. For ``xt`` drawn from
     :math:`\\mathcal N(\\alpha x_0, \\sigma^2 I)` its expectation equals the explicit objective for the noised
     marginal :math:`q(x_t)` plus a constant free of the model (book eq. ``vincent-identity``), so its
     minimizer is :math:`\\nabla\\log q(x_t)`: the loss itself does not go to 0 (its floor is that constant).
@@ -197,10 +206,13 @@ def dsm_loss(score: torch.Tensor, xt: torch.Tensor, x0: torch.Tensor, sigma: flo
         weight: optional per-row weights :math:`\\lambda`, a float or a ``(B,)`` tensor; ``None`` for 1.
 
     Returns:
-        A 0-d tensor of ``score``'s dtype, in units of 1 / ``x`` squared (times the weight's units).
+        A 0-d tensor, in units of 1 / ``x`` squared (times the weight's units); dtype: ``score``, ``xt`` and
+        ``x0`` promoted together. It requires grad when ``score`` or a tensor ``sigma``, ``alpha`` or
+        ``weight`` does.
 
     Raises:
-        ValueError: for mismatched shapes, a non-positive ``sigma`` or a per-row tensor of the wrong length.
+        ValueError: for mismatched shapes, a ``sigma`` that is not positive (zero, negative or NaN) or a
+            per-row tensor of the wrong length.
     """
     if score.shape != xt.shape:
         raise ValueError(f"dsm_loss: score {tuple(score.shape)} must have xt's shape {tuple(xt.shape)}.")
