@@ -124,3 +124,28 @@ def test_train_classifier_command_measures_and_saves(tmp_path, monkeypatch, caps
     predicted = clf(ddpm_lib.data.to_model(fake["test"][0])).argmax(1)
     assert meta["test_accuracy"] == float((predicted == fake["test"][1]).double().mean())  # the accuracy of the saved weights
     assert f"test accuracy: {meta['test_accuracy']:.4f}" in capsys.readouterr().out
+
+
+def test_evaluate_ode_nll_is_the_library_function(tmp_path, tiny_checkpoint, capsys):
+    # `evaluate --metrics ode-nll` writes ode_nll_bits_per_dim's result (prefixed ode_) for the first --limit test
+    # digits; on the tiny T = 50 model two images cost a few seconds. Same seed, same images: the same numbers.
+    import ddpm_lib.__main__ as cli
+    from ddpm_lib.checkpoint import load_model
+    from ddpm_lib.evaluation.ode_likelihood import ode_nll_bits_per_dim
+
+    images = torch.randint(0, 256, (2, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    out = tmp_path / "m.json"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("ddpm_lib.data.load_mnist", lambda split: (images, torch.zeros(2, dtype=torch.long)))
+        assert cli.main(["evaluate", "--checkpoint", str(tiny_checkpoint), "--metrics", "ode-nll", "--limit", "2",
+                         "--device", "cpu", "--out", str(out)]) in (0, None)
+    got = json.loads(out.read_text())
+    want = ode_nll_bits_per_dim(load_model(str(tiny_checkpoint)), images, seed=0, batch_size=16, progress=False)
+    assert got["ode_bits_per_dim"] == pytest.approx(want["bits_per_dim"], rel=1e-12)
+    assert got["ode_n_images"] == 2
+
+
+def test_evaluate_names_the_metrics_it_knows(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["evaluate", "--checkpoint", "mnist", "--metrics", "ode", "--limit", "2"])
+    assert "nll,ode-nll,fd" in str(exc.value)
