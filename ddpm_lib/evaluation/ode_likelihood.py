@@ -295,7 +295,10 @@ def ode_log_likelihood(
     time is (``u`` for :func:`probability_flow_velocity`, the log-SNR for
     :func:`probability_flow_velocity_log_snr`, which runs downwards: ``t1 < t0`` is allowed); the
     formula does not depend on the variable. Each Hutchinson probe is drawn once and held fixed along the
-    solution, so its estimate of the integral is unbiased; the trajectory does not depend on it.
+    solution, so its estimate of the integral is unbiased up to the solver's error: the exact trajectory
+    does not depend on the probe, but the adaptive steps are chosen from an error norm over the whole
+    state (the trace coordinates and every row of the batch included), so the computed solution does,
+    by an amount of the order of the solver tolerance.
 
     Args:
         x: float ``(B, ...)`` points at time ``t0`` (float64 recommended: the solver's state has this dtype).
