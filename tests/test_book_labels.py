@@ -49,3 +49,32 @@ def test_cited_labels_exist_in_the_book():
     assert cited, "no docstring cites an equation label: the regex or the docstrings changed"
     assert not (PLANNED & defined), f"now defined in the book, remove from PLANNED: {sorted(PLANNED & defined)}"
     assert cited - PLANNED <= defined, f"cited in ddpm_lib but not defined in the book: {sorted(cited - PLANNED - defined)}"
+
+
+def _defined_per_source() -> dict[str, list[str]]:
+    out = {p.name: DEFINED_MATH.findall(p.read_text()) + DEFINED_TARGET.findall(p.read_text()) for p in (ROOT / "book").glob("*.md")}
+    for nb in (ROOT / "notebooks").glob("*.ipynb"):
+        cells = json.loads(nb.read_text())["cells"]
+        text = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "markdown")
+        out[nb.name] = DEFINED_MATH.findall(text) + DEFINED_TARGET.findall(text)
+    return out
+
+
+def _duplicates(per_source: dict[str, list[str]]) -> dict[str, list[str]]:
+    where: dict[str, list[str]] = {}
+    for source, labels in per_source.items():
+        for label in labels:
+            where.setdefault(label, []).append(source)
+    return {label: sources for label, sources in where.items() if len(sources) > 1}
+
+
+def test_every_equation_label_is_defined_once():
+    # Sphinx warns "duplicate label of equation" (an error under -W) and {eq} links become ambiguous;
+    # this finds it without a build, and names both places
+    assert not (dupes := _duplicates(_defined_per_source())), f"labels defined more than once: {dupes}"
+
+
+def test_the_duplicate_check_bites():
+    assert _duplicates({"a.md": ["x", "y"], "b.ipynb": ["x"]}) == {"x": ["a.md", "b.ipynb"]}
+    assert _duplicates({"a.md": ["x", "x"]}) == {"x": ["a.md", "a.md"]}
+    assert not _duplicates({"a.md": ["x"], "b.ipynb": ["y"]})

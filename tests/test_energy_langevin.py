@@ -11,6 +11,7 @@ Monte Carlo checks use 5 standard errors (two-sided normal tail 5.7e-7 per compa
 
 from __future__ import annotations
 
+import json
 import math
 import re
 
@@ -25,7 +26,7 @@ from ddpm_lib.toys.energy import (GaussianEBM, cd_fixed_point_precision, cd_grad
                                   ula_stationary_covariance)
 from ddpm_lib.toys.mixture import GaussianMixture
 
-from prose import markdown, rounds_to, stated
+from prose import NOTEBOOKS, markdown, rounds_to, stated
 
 F64 = torch.float64
 Z = 5.0
@@ -196,19 +197,20 @@ def test_nce_fit_is_a_stationary_point_of_the_nce_loss():
 
 
 def test_nce_recovers_the_model_and_its_normalizer():
-    # n = 40,000 of each: the sd of one fit's entries is at most 0.05 at n = 2000 (measured over 16 fits of this
-    # setting), so at most 0.011 here (1/sqrt(n) scaling); 0.06 is more than 5 of them
+    # n = 40,000 of each. The sd of one fit's entries at this n, measured over 48 fits of this setting (seed 100):
+    # mu 0.009 and 0.006, Lambda 0.012, 0.011 and 0.019, c + log Z 0.006; with positives from N(0, I), Lambda 0.010
+    # at most. The tolerance 0.1 is over 5 of them for every entry (a planted sign of c moves it by 0.7).
     gen = torch.Generator().manual_seed(6)
     n = 40_000
     model, c = nce_fit_quadratic(MODEL.sample(n, gen), NOISE_SD * torch.randn(n, 2, generator=gen, dtype=F64), noise_log_prob)
-    assert float((model.mean - MODEL.mean).abs().max()) < 0.06
-    assert float((model.precision - MODEL.precision).abs().max()) < 0.06
-    assert abs(float(c + model.log_partition())) < 0.06
+    assert float((model.mean - MODEL.mean).abs().max()) < 0.1
+    assert float((model.precision - MODEL.precision).abs().max()) < 0.1
+    assert abs(float(c + model.log_partition())) < 0.1
     # the notes' slip: positives drawn from a model N(0, I) give back N(0, I), not the data's law
     wrong, _ = nce_fit_quadratic(GaussianEBM(torch.zeros(2), torch.eye(2)).sample(n, gen),
                                  NOISE_SD * torch.randn(n, 2, generator=gen, dtype=F64), noise_log_prob)
-    assert float((wrong.precision - torch.eye(2, dtype=F64)).abs().max()) < 0.06
-    assert float((wrong.precision - MODEL.precision).abs().max()) > 0.5
+    assert float((wrong.precision - torch.eye(2, dtype=F64)).abs().max()) < 0.1
+    assert float((wrong.precision - MODEL.precision).abs().max()) > 0.5  # the truth is 0.9 away from I
 
 
 # --- grid references for 1-D ULA chains ---------------------------------------------------------------------------
@@ -424,13 +426,13 @@ def test_prose_grid_spacing_and_annealing_target():
     assert rounds_to(float((line.weights * torch.special.ndtr(line.means[:, 0] / math.sqrt(1.25))).sum()), target)
 
 
-def _annealed_heavy_fraction(steps_each):
+def _annealed_heavy_fraction(steps_each, n_levels=10):
     # the exact law of the first coordinate through the chapter's annealed run (uniform start on [-8, 8], 10 levels
     # 8 -> 0.5, eps = 0.025), on the chapter's grid; the heavy-mode fraction at the end
     grid = torch.arange(-600, 601, dtype=F64) * 0.05
     law = (grid.abs() <= 8).to(F64)
     law = law / law.sum()
-    sigmas = torch.logspace(math.log10(8.0), math.log10(0.5), 10, dtype=F64).tolist()
+    sigmas = torch.logspace(math.log10(8.0), math.log10(0.5), n_levels, dtype=F64).tolist()
     for sigma in sigmas:
         _, line = two_modes(4.0, math.sqrt(1 + sigma**2))
         kernel = ula_kernel_1d(line_score(line), grid, 0.025 * (sigma / sigmas[-1]) ** 2 / 2)
@@ -444,6 +446,8 @@ def test_prose_annealing_gap_shrinks_with_more_steps():
     written = stated(text, r"with \$T = 400\$ the exact fraction is ([0-9.]+)\)")
     at_100, at_400 = _annealed_heavy_fraction(100), _annealed_heavy_fraction(400)
     assert rounds_to(at_400, written) and abs(at_400 - 0.7) < abs(at_100 - 0.7)
+    assert re.search(r"\(with \$T = 400\$ the exact fraction is [0-9.]+\), as do more levels", text)
+    assert abs(_annealed_heavy_fraction(100, n_levels=20) - 0.7) < abs(at_100 - 0.7)  # "as do more levels"
 
 
 def _barrier(line, a):
@@ -455,30 +459,142 @@ def _barrier(line, a):
     return float(pot[i_min:].max() - pot[i_min])
 
 
+def _kramers_time(line, a):
+    # 2 pi / sqrt(U''(x_min) |U''(x_max)|) e^{Delta U}; the curvatures by central differences of U = -log p (not the
+    # chapter's closed form), at the light mode's minimum and the barrier's top located on a fine grid
+    u = torch.linspace(-a - 1, a, 200_001, dtype=F64)
+    pot = -line.log_prob(u[:, None])
+    local_min = (pot[1:-1] < pot[:-2]) & (pot[1:-1] < pot[2:]) & (u[1:-1] < 0)
+    i_min = int(torch.nonzero(local_min)[0]) + 1
+    i_max = i_min + int(pot[i_min:].argmax())
+    eps = 1e-4
+
+    def curvature(x):
+        pts = torch.tensor([[x - eps], [x], [x + eps]], dtype=F64)
+        v = -line.log_prob(pts)
+        return float((v[0] - 2 * v[1] + v[2]) / eps**2)
+
+    return 2 * math.pi / math.sqrt(curvature(float(u[i_min])) * abs(curvature(float(u[i_max])))) * math.exp(float(pot[i_max] - pot[i_min]))
+
+
+def _chain_time(line, a, spacing=0.0125, delta=0.1):
+    y = torch.arange(-round(10 / spacing), round(10 / spacing) + 1, dtype=F64) * spacing
+    steps = mean_hitting_steps(ula_kernel_1d(line_score(line), y, delta), y >= a)
+    return float(steps[int((y + a).abs().argmin())]) * delta
+
+
 def test_prose_mode_switch_growth():
-    # "the barrier is a tenth of a nat" (a = 1.5), "rises by about 2.5 nats and the time grows 7-fold, somewhat less
-    # than e^{Delta U} (12-fold)" (a = 2 to 3, the chain's exact first-passage times at delta = 0.1)
+    # "the barrier is a tenth of a nat" (a = 1.5); from a = 2 to 3 "the barrier rises by about 2.5 nats and the chain's
+    # time grows 7.1-fold, the diffusion's 7.3-fold, somewhat less than e^{Delta U} (12-fold)", Kramers "predicts a
+    # 7.2-fold rise", its absolute times "only 0.66 to 0.70 of the exact ones"
     text = markdown("energy_langevin")
     assert re.search(r"At \$a = 1\.5\$ the barrier is a tenth of a nat", text)
-    rise = stated(text, r"the\s+barrier rises by about ([0-9.]+) nats")
-    fold = stated(text, r"the time grows\s+([0-9]+)-fold, somewhat less than")
-    kramers = stated(text, r"somewhat less than \$e\^\{\\Delta U\}\$ \(([0-9]+)-fold\)")
-    times, barriers = {}, {}
-    y = torch.arange(-400, 401, dtype=F64) * 0.025
-    for a in (1.5, 2.0, 3.0):
+    rise = stated(text, r"the barrier rises by about ([0-9.]+) nats")
+    fold_chain = stated(text, r"the chain's time grows ([0-9.]+)-fold")
+    fold_sde = stated(text, r"the diffusion's ([0-9.]+)-fold, somewhat\s+less than")
+    fold_exp = stated(text, r"less than \$e\^\{\\Delta U\}\$ \(([0-9]+)-fold\)")
+    fold_kramers = stated(text, r"the formula predicts a ([0-9.]+)-fold rise")
+    ratio_lo = stated(text, r"absolute times are only ([0-9.]+) to [0-9.]+ of the exact ones")
+    ratio_hi = stated(text, r"absolute times are only [0-9.]+ to ([0-9.]+) of the exact ones")
+    chain, sde, kramers, barriers = {}, {}, {}, {}
+    for a in (1.5, 2.0, 2.5, 3.0):
         _, line = two_modes(a)
         barriers[a] = _barrier(line, a)
-        steps = mean_hitting_steps(ula_kernel_1d(line_score(line), y, 0.1), y >= a)
-        times[a] = float(steps[int((y + a).abs().argmin())]) * 0.1
-    assert 0.05 < barriers[1.5] < 0.15
+        chain[a] = _chain_time(line, a)
+        sde[a] = langevin_mfpt_sde_1d(line_density(line), -a, a, lower=-a - 12)
+        kramers[a] = _kramers_time(line, a)
+    assert 0.05 < barriers[1.5] < 0.15 and kramers[1.5] > sde[1.5]  # no barrier to speak of: Kramers overshoots
     assert rounds_to(barriers[3.0] - barriers[2.0], rise)
-    assert rounds_to(times[3.0] / times[2.0], fold)
-    assert rounds_to(math.exp(barriers[3.0] - barriers[2.0]), kramers)
+    assert rounds_to(chain[3.0] / chain[2.0], fold_chain) and rounds_to(sde[3.0] / sde[2.0], fold_sde)
+    assert rounds_to(math.exp(barriers[3.0] - barriers[2.0]), fold_exp)
+    assert rounds_to(kramers[3.0] / kramers[2.0], fold_kramers)
+    ratios = [kramers[a] / sde[a] for a in (2.0, 2.5, 3.0)]
+    assert rounds_to(min(ratios), ratio_lo) and rounds_to(max(ratios), ratio_hi)
+
+
+def test_prose_discrete_monitoring_shares():
+    # the diffusion's time to the level moved out by kappa sqrt(2 delta), kappa = -zeta(1/2) / sqrt(2 pi) ~ 0.5826, accounts
+    # for the chain's extra time "at a <= 2.5 (the printed shares run from 0.8 to 1.1), but for only a quarter of it at a = 3"
+    text = markdown("energy_langevin")
+    kappa_w = stated(text, r"\\kappa = -\\zeta\(1/2\)/\\sqrt\{2\\pi\} \\approx ([0-9.]+)\$")
+    lo_w = stated(text, r"\(the printed shares run from ([0-9.]+) to [0-9.]+\), but for only a quarter")
+    hi_w = stated(text, r"\(the printed shares run from [0-9.]+ to ([0-9.]+)\), but for only a quarter")
+    kappa = float(-mpmath.zeta(0.5) / mpmath.sqrt(2 * mpmath.pi))
+    assert rounds_to(kappa, kappa_w)
+    shares = {}
+    for a in (1.5, 2.0, 2.5, 3.0):
+        _, line = two_modes(a)
+        sde = langevin_mfpt_sde_1d(line_density(line), -a, a, lower=-a - 12)
+        moved = langevin_mfpt_sde_1d(line_density(line), -a, a + kappa * math.sqrt(0.2), lower=-a - 12)
+        shares[a] = (moved - sde) / (_chain_time(line, a) - sde)
+    small = [shares[a] for a in (1.5, 2.0, 2.5)]
+    assert rounds_to(min(small), lo_w) and rounds_to(max(small), hi_w)
+    assert 0.2 < shares[3.0] < 0.3  # "a quarter"
+
+
+def test_prose_bias_ratios_and_miss_probability():
+    # "the printed ratio stays at 0.16" (TV / delta); the bias ratio "rises from 0.72 at the smallest step to 0.94 at
+    # delta = 0.4"; a simulation 8 se out falls below 5 se "with probability below Phi(-3) = 1.3 10^-3"
+    text = markdown("energy_langevin")
+    tv_w = stated(text, r"\(the printed ratio stays at ([0-9.]+)\)")
+    lo_w = stated(text, r"its ratio to \$\\delta\$ rises from ([0-9.]+) at the smallest step")
+    hi_w = stated(text, r"at the smallest step to ([0-9.]+) at \$\\delta = 0\.4\$")
+    miss_w = stated(text, r"\\Phi\(-3\) = ([0-9.]+) \\cdot 10\^\{-3\}")
+    _, line = two_modes(2.0)
+    y = torch.linspace(-9, 9, 1201, dtype=F64)
+    p_cells = line.log_prob(y[:, None]).exp() * float(y[1] - y[0])
+    tv_ratios, bias_ratios = [], []
+    for delta in (0.0125, 0.4):
+        pi = stationary_on_grid(ula_kernel_1d(line_score(line), y, delta))
+        tv_ratios.append(0.5 * float((pi - p_cells).abs().sum()) / delta)
+        bias = float((pi * y**2).sum()) + 1 / (1 - delta / 2) - 6.0  # E x1^2 on the grid, E x2^2 in closed form
+        bias_ratios.append(bias / delta)
+    assert all(rounds_to(r, tv_w) for r in tv_ratios)
+    assert rounds_to(bias_ratios[0], lo_w) and rounds_to(bias_ratios[1], hi_w)
+    assert rounds_to(float(mpmath.ncdf(-3)) * 1e3, miss_w)
+
+
+def _stored_output(cell_id):
+    cells = json.loads((NOTEBOOKS / "energy_langevin.ipynb").read_text())["cells"]
+    (cell,) = [c for c in cells if c["id"] == cell_id]
+    return "".join("".join(o.get("text", "")) for o in cell["outputs"])
+
+
+def test_prose_ks_power_and_cd_resolution_match_the_stored_outputs():
+    # the summary's "about 4% of the weight" and "a resolution of about 0.01" are the printed w and 5 se; the KS text's
+    # family-wise rate "below 3 10^-4" is three directions at alpha = 10^-4
+    text = markdown("energy_langevin")
+    w_printed = float(re.search(r"once w >= ([0-9.]+)", _stored_output("cell-20")).group(1))
+    assert rounds_to(100 * w_printed, stated(text, r"sure\s+to catch a transfer of about ([0-9]+)% of the weight"))
+    res_printed = float(re.search(r"are at most ([0-9.]+) in a precision entry", _stored_output("cell-16")).group(1))
+    assert rounds_to(res_printed, stated(text, r"a resolution of about ([0-9.]+) in the precision"))
+    alpha = stated(text, r"with \$\\alpha = 10\^\{(-[0-9]+)\}\$ per\s+direction")
+    family = stated(text, r"a false alarm anywhere has probability below \$3 \\cdot 10\^\{(-[0-9]+)\}\$")
+    assert alpha == family
+
+
+def test_quartic_cd_rests_at_a_k_dependent_point():
+    # f = -theta x^4 / 4, data N(0, 1), ULA with delta = 0.1: CD-k rests where k steps from the data keep E x^4 = 3;
+    # CD-1 rests below theta_ML = 1/3, CD-10 above it (the chapter's counterexample to "for any model and any k")
+    y = torch.arange(-350, 351, dtype=F64) * 0.02
+    data = torch.exp(-y**2 / 2)
+    data = data / data.sum()
+    m4 = float((data * y**4).sum())
+
+    def moment_after(theta, k):
+        kernel, law = ula_kernel_1d(lambda t: -theta * t**3, y, 0.1), data
+        for _ in range(k):
+            law = law @ kernel
+        return float((law * y**4).sum())
+
+    for k, below in ((1, True), (10, False)):
+        assert (moment_after(1 / 3, k) < m4) == below  # E x_k^4 falls with theta: a root below 1/3 iff it is < m4 at 1/3
+    # the Gaussian EBM, by contrast, rests at the same place for every k (test_exercise_cd_any_k)
 
 
 def test_exercise_step_choice():
     text = markdown("energy_langevin")
-    written = stated(text, r"= 2s\^2/101 \\approx ([0-9.]+)\\, s\^2")
+    written = stated(text, r"= 2v/101 \\approx ([0-9.]+)\\, v")
     delta = 2 / 101
     assert rounds_to(delta, written)
     assert abs(float(ula_stationary_covariance(torch.eye(1, dtype=F64), delta)) - 1.01) < 1e-12

@@ -10,8 +10,9 @@ Book chapter "Energy-based models and Langevin dynamics". Every move here is
   :math:`\\mathcal N(0, \\sigma_i^2 I)` and step :math:`\\alpha_i = \\epsilon\\,\\sigma_i^2/\\sigma_L^2`
   (book eq. ``annealed-step``).
 * :func:`replica_exchange_langevin` runs ULA on the tempered laws :math:`p^{\\beta_j}` side by side and swaps
-  neighbouring levels with the Metropolis probability of book eq. ``swap-acceptance`` (parallel tempering,
-  Swendsen & Wang 1986; Geyer 1991).
+  neighbouring levels with the Metropolis probability of book eq. ``swap-acceptance`` (parallel tempering, or
+  replica exchange: Geyer 1991; Hukushima & Nemoto 1996. The replica Monte Carlo of Swendsen & Wang 1986, which
+  preceded them, exchanged partial configurations rather than whole states).
 
 Noise is drawn on the generator's device (:func:`ddpm_lib.sampling.steps.standard_normal`), so the same
 generator gives the same chain on any device.
@@ -140,7 +141,7 @@ def swap_neighbours(
 
     Level ``j`` samples :math:`\\pi_j \\propto p^{\\beta_j}`. Exchanging :math:`x_j` and :math:`x_{j+1}` is accepted with
     probability :math:`\\min\\{1, \\exp[(\\beta_j - \\beta_{j+1})(\\log p(x_{j+1}) - \\log p(x_j))]\\}`, the Metropolis
-    ratio that leaves the product :math:`\\prod_j \\pi_j(x_j)` invariant (Geyer 1991). Pairs of one parity are
+    ratio that leaves the product :math:`\\prod_j \\pi_j(x_j)` invariant (Geyer 1991; Hukushima & Nemoto 1996). Pairs of one parity are
     disjoint, so they are decided independently.
 
     Args:

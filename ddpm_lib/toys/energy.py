@@ -7,7 +7,7 @@ Book chapter "Energy-based models and Langevin dynamics".
   score and the gradient of :math:`f_\\theta = -E_\\theta` in the parameters are closed-form, so contrastive
   divergence and noise-contrastive estimation can be checked against exact answers.
 * :func:`cd_gradient` (Hinton 2002), :func:`ula_stationary_covariance` and :func:`cd_fixed_point_precision`
-  (what contrastive divergence with a ULA sampler converges to), :func:`nce_loss` and
+  (where contrastive divergence with a ULA sampler comes to rest, for this Gaussian model), :func:`nce_loss` and
   :func:`nce_fit_quadratic` (Gutmann & Hyvärinen 2010).
 * :func:`ula_kernel_1d`, :func:`stationary_on_grid`, :func:`mean_hitting_steps` and
   :func:`langevin_mfpt_sde_1d`: the law of a one-dimensional ULA chain on a fine grid (its stationary law and
@@ -173,11 +173,14 @@ def ula_stationary_covariance(precision: torch.Tensor, step_size: float) -> torc
 def cd_fixed_point_precision(data_cov: torch.Tensor, step_size: float) -> torch.Tensor:
     """The precision at which CD-k with ULA negatives stops moving a Gaussian EBM (book eq. ``cd-fixed-point``).
 
-    The expected :func:`cd_gradient` vanishes when ``k`` ULA steps from the data leave its first two moments
-    unchanged, i.e. when the data's covariance :math:`S` is the ULA's stationary covariance:
-    :math:`\\Lambda - \\tfrac\\delta2 \\Lambda^2 = S^{-1}`, the same for every ``k``. In the eigenbasis of
+    In general CD-k rests where ``k`` chain steps from the data leave the data's average of
+    :math:`\\nabla_\\theta f_\\theta` unchanged, a condition that depends on ``k``. For this Gaussian EBM that average is
+    made of the first two moments, which the linear ULA map keeps exactly when the data's covariance :math:`S` is
+    the chain's stationary covariance: :math:`\\Lambda - \\tfrac\\delta2 \\Lambda^2 = S^{-1}`, the same for every
+    ``k``. In the eigenbasis of
     :math:`S^{-1}` (eigenvalues :math:`p_i`), :math:`\\lambda_i = (1 - \\sqrt{1 - 2\\delta p_i})/\\delta`, the root that
-    tends to :math:`p_i` (the maximum-likelihood precision) as :math:`\\delta \\to 0`.
+    tends to :math:`p_i` (the maximum-likelihood precision) as :math:`\\delta \\to 0` and has :math:`\\delta\\lambda_i < 1`
+    (the other root, :math:`(1 + \\sqrt{1 - 2\\delta p_i})/\\delta`, also has stationary covariance :math:`S`).
 
     Args:
         data_cov: :math:`S`, ``(d, d)`` symmetric positive definite (the data's covariance, divided by ``n``).
@@ -199,11 +202,13 @@ def cd_fixed_point_precision(data_cov: torch.Tensor, step_size: float) -> torch.
 
 
 def nce_loss(logit_data: torch.Tensor, logit_noise: torch.Tensor) -> torch.Tensor:
-    """The noise-contrastive loss: minus the objective :math:`J_T` of Gutmann & Hyvärinen (2010) (book eq. ``nce-objective``).
+    """The noise-contrastive loss :math:`-J`, minus the book's objective (book eq. ``nce-objective``).
 
-    With the logit :math:`G(x) = \\log p_\\theta(x) - \\log q(x)` of "data" against "noise" and equal numbers of each,
+    With the logit :math:`G(x) = \\log p_\\theta(x) - \\log q(x)` of "data" against "noise",
     :math:`-\\big(\\operatorname{mean}_{data} \\log \\sigma(G) + \\operatorname{mean}_{noise} \\log(1 - \\sigma(G))\\big)`, in nats;
-    computed with ``logsigmoid`` (stable for large logits).
+    computed with ``logsigmoid`` (stable for large logits). Gutmann & Hyvärinen (2010) divide the sum over their
+    :math:`T` data and :math:`T` noise points by :math:`2T`: with equal numbers of each, this is :math:`-2 J_T` in their
+    normalization (the same minimizer).
 
     Args:
         logit_data: :math:`G` at the data points, shape ``(n,)``.
@@ -337,7 +342,7 @@ def stationary_on_grid(transition: torch.Tensor) -> torch.Tensor:
 
 
 def mean_hitting_steps(transition: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Expected number of steps to reach ``target`` from each state: :math:`T = 0` on it, :math:`T = 1 + P T` off it.
+    """Expected number of steps to reach ``target`` from each state: :math:`\\tau = 0` on it, :math:`\\tau = 1 + P \\tau` off it.
 
     First-step analysis for a Markov chain; with :func:`ula_kernel_1d` it gives the mean first passage time of
     a ULA chain (multiply by :math:`\\delta` for Langevin time), including the effect of checking the target
@@ -365,10 +370,10 @@ def mean_hitting_steps(transition: torch.Tensor, target: torch.Tensor) -> torch.
 
 def langevin_mfpt_sde_1d(density: Callable[[torch.Tensor], torch.Tensor], start: float, end: float,
                          lower: float, n: int = 200_001) -> float:
-    """Mean first passage time from ``start`` up to ``end`` of :math:`dX = (\\log p)'(X)\\,ds + \\sqrt2\\,dW` (book eq. ``mfpt-sde``).
+    """Mean first passage time from ``start`` up to ``end`` of :math:`dX = (\\log p)'(X)\\,dt + \\sqrt2\\,dW` (book eq. ``mfpt-sde``).
 
-    :math:`T = \\int_{start}^{end} \\frac{F(y)}{p(y)}\\,dy` with :math:`F(y) = \\int_{-\\infty}^{y} p`, which solves
-    :math:`T'' + (\\log p)' T' = -1`, :math:`T(end) = 0`, with no flux at :math:`-\\infty` (Pavliotis 2014, the chapter
+    :math:`\\tau = \\int_{start}^{end} \\frac{F(y)}{p(y)}\\,dy` with :math:`F(y) = \\int_{-\\infty}^{y} p`, which solves
+    :math:`\\tau'' + (\\log p)' \\tau' = -1`, :math:`\\tau(end) = 0`, with no flux at :math:`-\\infty` (Pavliotis 2014, the chapter
     on exit problems). Trapezoidal rule on ``n`` points of ``[lower, end]``.
 
     Args:
@@ -379,7 +384,7 @@ def langevin_mfpt_sde_1d(density: Callable[[torch.Tensor], torch.Tensor], start:
         n: quadrature points.
 
     Returns:
-        :math:`T` in units of the SDE's time :math:`s` (ULA steps of size :math:`\\delta` cover :math:`\\delta` each).
+        :math:`\\tau` in units of the SDE's time :math:`t` (ULA steps of size :math:`\\delta` cover :math:`\\delta` each).
 
     Raises:
         ValueError: unless ``lower < start < end``.
