@@ -230,7 +230,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("sample", help="draw images from a checkpoint into an .npz (uint8, (N, 28, 28)) and a PNG grid")
     s.add_argument("--checkpoint", required=True, help="a checkpoint path or a shipped name (see `pretrained`)")
     s.add_argument("--n", type=_positive_int, default=64)
-    s.add_argument("--sampler", choices=SAMPLERS, default="ddim")
+    s.add_argument("--sampler", choices=SAMPLERS, default="ddim",
+                   help="the sampler (default ddim); euler-maruyama is a hybrid: the ancestral step where sigma_t > 80, "
+                   "Euler-Maruyama elsewhere; pc: ancestral predictor + one Langevin corrector step")
     s.add_argument("--steps", type=_positive_int,
                    help="every sampler but ddpm: number of steps in 1..T (default 50); ddpm: must be T")
     s.add_argument("--eta", type=float, default=0.0, help="ddim's eta (0: deterministic; 1: DDPM-like)")
@@ -296,14 +298,17 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--batch-size", type=_positive_int, default=250)
     ev.add_argument("--device")
     ev.set_defaults(func=_cmd_evaluate)
-    st = sub.add_parser("sampler-table", help="FD ratio against network evaluations for DDPM (1000 and strided), DDIM and DPM-Solver++(2M)")
+    st = sub.add_parser("sampler-table", help="FD ratio against network evaluations for any of the samplers: DDPM (1000 steps and "
+                        "strided), DDIM, DPM-Solver++(2M), Heun, euler-maruyama (Euler-Maruyama with the ancestral step "
+                        "where sigma_t > 80) and pc (ancestral predictor + one Langevin corrector step)")
     st.add_argument("--checkpoint", required=True)
     st.add_argument("--classifier", default="mnist-classifier")
     st.add_argument("--n", type=_positive_int, default=2000, help="samples per row (the floor uses as many real images per set)")
     st.add_argument("--nfe", type=_positive_int, nargs="+", default=[10, 20, 50, 100], help="numbers of steps for every sampler but ddpm (which runs all T steps); each is also its number "
                     "of network evaluations, but for heun and pc (about two per step), whose counts the table records")
     st.add_argument("--samplers", nargs="+", choices=sorted(SAMPLERS), default=["ddpm", "ddpm-strided", "ddim", "dpm-solver-2m"],
-                    help="samplers to compare (ddpm costs T network calls per image)")
+                    help="samplers to compare (ddpm costs T network calls per image; heun and pc about two per step; "
+                    "euler-maruyama is a hybrid: the ancestral step where sigma_t > 80, Euler-Maruyama elsewhere)")
     st.add_argument("--floor-sets", type=_positive_int, default=5, help="disjoint sets of n training digits for the floor")
     st.add_argument("--bootstrap", type=_positive_int, default=200, help="bootstrap replicates for each distance's error")
     st.add_argument("--seed", type=int, default=0)

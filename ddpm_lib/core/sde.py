@@ -203,6 +203,10 @@ def vp_reverse_drift(x: torch.Tensor, u: torch.Tensor | float, score: torch.Tens
         x, score: shape ``(B, ...)``; ``score`` is :math:`\\nabla_x\\log p_u(x)` at ``(x, u)``.
         u: a float or a tensor ``(B,)`` in ``[0, 1]``.
 
+    Returns:
+        The drift, shape and dtype of ``score`` (units of ``x`` per unit of ``u``; a solver going from ``u`` down
+        to ``u - du`` moves by ``-du`` times it, plus noise of variance :math:`\\beta(u)\\,du`).
+
     Raises:
         ValueError: as :func:`vp_drift` and :func:`reverse_drift`.
     """
@@ -214,6 +218,9 @@ def vp_probability_flow_drift(x: torch.Tensor, u: torch.Tensor | float, score: t
 
     Args:
         x, score, u: as :func:`vp_reverse_drift`.
+
+    Returns:
+        The velocity, shape and dtype of ``score`` (units of ``x`` per unit of ``u``).
 
     Raises:
         ValueError: as :func:`vp_drift` and :func:`probability_flow_drift`.

@@ -182,7 +182,10 @@ def sampler_table(
 
     ``ddpm`` runs all ``T`` steps (one row); every other sampler runs each number of steps in
     ``budgets``. Each row records its ``steps`` and the network evaluations they cost, ``nfe``, counted
-    (:func:`~ddpm_lib.sampling.loop.count_nfe`; one per step but for Heun). Every row starts each image
+    (:func:`~ddpm_lib.sampling.loop.count_nfe`: one per step for ``ddpm``, ``ddpm-strided``, ``ddim``,
+    ``dpm-solver-2m`` and ``euler-maruyama``; up to two for ``heun`` and two for ``pc``, one on their last step).
+    ``euler-maruyama`` is the hybrid of :func:`~ddpm_lib.sampling.steps.euler_maruyama_step` (ancestral where
+    sigma_t > 80), ``pc`` the sampler of :data:`~ddpm_lib.sampling.loop.PC_DEFAULTS`. Every row starts each image
     from the same seeded ``x_T`` (:func:`~ddpm_lib.sampling.images.generate_images`), so the rows are
     paired. Beside each distance:
 

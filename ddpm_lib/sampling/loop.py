@@ -147,11 +147,16 @@ SAMPLERS = ("ddpm", "ddpm-strided", "ddim", "dpm-solver-2m", "heun", "euler-maru
 """Sampler names accepted by :func:`sampler_plan` and the command line."""
 
 PC_DEFAULTS = {"predictor": "ancestral", "n_corrector": 1, "snr": 0.16, "norms": "batch"}
-"""The sampler ``pc``: :func:`~ddpm_lib.sampling.steps.pc_step` with these arguments. Song et al.'s (2021) predictor-corrector sampler with
-the ancestral predictor, which their released configurations use for DDPM models, one Langevin corrector step and their
-``snr`` = 0.16, the step size from the batch's mean norms as in their code. (Their Algorithm 3, for the VP-SDE, has the reverse-diffusion
-predictor, ``predictor="reverse-diffusion"``; on the shipped cosine schedule its first step from ``t = T`` doubles the
-variance, and at ten steps its digits are visibly worse: book chapter "Stochastic differential equations".)"""
+"""The sampler ``pc``: :func:`~ddpm_lib.sampling.steps.pc_step` with these arguments: the predictor-corrector sampler of Song
+et al. (2021) with the ancestral predictor, one Langevin corrector step after each predictor step, ``snr`` = 0.16 and the
+step size from the batch's mean norms, as in their released code. Their released configurations are not this combination:
+those for DDPM models use the ancestral predictor with *no* corrector, and 0.16 is their default ``snr`` (used with the
+Langevin corrector of their CIFAR-10 VE-SDE samplers; some configurations set 0.17, 0.15 or 0.075); their code also
+corrects *before* each predictor step, ``t = T`` included, where ``pc_step`` corrects after it. Their Algorithm 3, for the
+VP-SDE, has the reverse-diffusion predictor (``predictor="reverse-diffusion"``): on a strided grid it overestimates the
+variance at every step, most on the first from ``t = T`` (twice the variance there; 1.4 to 1.5 times still at the last
+grid point of ten steps on the shipped cosine schedule, for Gaussian data), and its ten-step digits are visibly distorted:
+book chapter "Stochastic differential equations"."""
 
 
 def sampler_plan(sampler: str, T: int, steps: int | None = None, eta: float = 0.0) -> tuple[Step, list[int]]:
@@ -165,9 +170,11 @@ def sampler_plan(sampler: str, T: int, steps: int | None = None, eta: float = 0.
     last step and on steps that start above ``sigma_max`` (:func:`~ddpm_lib.sampling.steps.heun_step`),
     so ``steps`` Heun steps cost at most ``2 steps - 1`` evaluations; :func:`count_nfe` counts them.
     ``euler-maruyama`` (:func:`~ddpm_lib.sampling.steps.euler_maruyama_step`) solves the reverse-time SDE,
-    one evaluation per step; ``pc`` (:func:`~ddpm_lib.sampling.steps.pc_step` with :data:`PC_DEFAULTS`) adds a
-    Langevin corrector step after each predictor step but the last, so ``steps`` steps cost ``2 steps - 1``
-    evaluations. Both ignore ``eta``. Book chapter "Stochastic differential equations".
+    one evaluation per step; it is a hybrid, taking the ancestral step where sigma_t > 80 (the first step
+    from ``t = T`` on the cosine schedule; ``t >= 931`` on the linear one). ``pc``
+    (:func:`~ddpm_lib.sampling.steps.pc_step` with :data:`PC_DEFAULTS`) adds a Langevin corrector step after each
+    predictor step but the last, so ``steps`` steps cost ``2 steps - 1`` evaluations. Both ignore ``eta``. Book
+    chapter "Stochastic differential equations".
 
     Returns:
         ``(step, timesteps)`` for :func:`sample`.

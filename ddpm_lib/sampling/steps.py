@@ -23,6 +23,7 @@ predictor-corrector sampler).
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -241,9 +242,11 @@ def heun_step(
 ) -> tuple[torch.Tensor, None]:
     r"""One step of Heun's method on the probability-flow ODE (Karras et al. 2022, Algorithm 1), in this schedule's terms.
 
-    Karras et al. write the ODE for :math:`y = x/\sqrt{\bar\alpha}` against
-    :math:`\sigma = \sqrt{(1-\bar\alpha)/\bar\alpha}` (their eq. 4 with :math:`s(t) = \sqrt{\bar\alpha}`):
-    :math:`dy/d\sigma = (y - D(x; t))/\sigma`, and :math:`(y - D)/\sigma` is exactly the denoiser's
+    Their Algorithm 1 is written for any noise level :math:`\sigma(t)` and signal scale :math:`s(t)`; with
+    :math:`s = \sqrt{\bar\alpha(u)}` and the time ``u`` it would be Heun's method in ``(x, u)``, another method.
+    This step uses their own choice :math:`\sigma(t) = t`, :math:`s(t) = 1` (their Table 1), applied to the rescaled state
+    :math:`y = x/\sqrt{\bar\alpha}` with the time variable :math:`\sigma = \sqrt{(1-\bar\alpha)/\bar\alpha}`: there
+    their eq. 4 reads :math:`dy/d\sigma = (y - D(x; t))/\sigma`, and :math:`(y - D)/\sigma` is exactly the denoiser's
     :math:`\hat\epsilon` (book eq. ``x0-from-eps``). So, from ``t`` to ``s = t_prev``:
 
     1. Euler: :math:`\hat\epsilon_t` from :math:`D(x_t, t)`; :math:`y' = y_t + (\sigma_s - \sigma_t)\hat\epsilon_t`
@@ -253,10 +256,10 @@ def heun_step(
        :math:`\hat\epsilon'_s` from :math:`D(\sqrt{\bar\alpha_s}\,y', s)`;
     3. :math:`x_s = \sqrt{\bar\alpha_s}\, y_s`.
 
-    Rows that step to ``s = 0`` keep the Euler step, which there returns :math:`\hat x_0` (Algorithm 1,
-    line 8). So do rows that start above ``sigma_max``: Karras et al. start their grids at
-    :math:`\sigma_\max = 80`, while these schedules reach far higher at ``t = T`` (about :math:`2\cdot 10^4`
-    for the cosine schedule, 157 for DDPM's linear one). The first interval of a strided grid then
+    Rows that step to ``s = 0`` keep the Euler step, which there returns :math:`\hat x_0` (Algorithm 1 applies
+    the correction only where :math:`\sigma(t_{i+1}) \ne 0`). So do rows that start above ``sigma_max``: Karras
+    et al. start their grids at :math:`\sigma_\max = 80`, while these schedules reach far higher at ``t = T``
+    (about :math:`2\cdot 10^4` for the cosine schedule, 157 for DDPM's linear one). The first interval of a strided grid then
     spans thousands in :math:`\sigma` however many steps are taken, and the trapezoid over it, averaging
     the slope at :math:`\sigma_T` with the slope at the far end, throws the sample off by a multiple of
     :math:`\sigma_T` (measured in tests/test_samplers_ode.py); the Euler step there is the DDIM step,
@@ -300,11 +303,13 @@ def heun_step(
 # --- the reverse-time SDE: Euler-Maruyama and predictor-corrector (Song et al. 2021) ------------------------------
 
 
-def _check_earlier(t: torch.Tensor, t_prev: torch.Tensor, name: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(t, t_prev)`` as integer tensors broadcast to one shape, after checking ``0 <= t_prev < t``."""
+def _check_earlier(t: torch.Tensor, t_prev: torch.Tensor, name: str, T: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(t, t_prev)`` as integer tensors broadcast to one shape, after checking ``0 <= t_prev < t`` (and ``t <= T`` if given)."""
     t, t_prev = torch.broadcast_tensors(torch.as_tensor(t), torch.as_tensor(t_prev))
     if bool((t_prev >= t).any()) or bool((t_prev < 0).any()):
         raise ValueError(f"{name}: t_prev must be smaller than t (and >= 0).")
+    if T is not None and bool((t > T).any()):
+        raise ValueError(f"{name}: t must lie in 1..T = 1..{T}.")
     return t, t_prev
 
 
@@ -331,8 +336,9 @@ def euler_maruyama_update(
     the reverse drift of :func:`ddpm_lib.core.sde.vp_reverse_drift` (Song et al. 2021, eqs. 6 and 11) held at
     its value at the start, and the noise's variance :math:`g^2 \Delta u`. The coefficients of :math:`x_t` and
     :math:`\hat x_0` are formed in float64 and cast at the end. First order (weak and strong, the noise being
-    additive); tests/test_sde.py measures the weak order on Gaussian data. Every row takes this formula, the
-    rows with ``t_prev = 0`` included; :func:`euler_maruyama_step` adds the two rules a sampler needs.
+    additive) as :math:`\beta\Delta u \to 0`; tests/test_sde.py measures the weak order on Gaussian data. Every row
+    takes this formula, the rows with ``t_prev = 0`` included; :func:`euler_maruyama_step` adds the rules a
+    sampler needs.
 
     Args:
         xt, x0_hat, noise: shape ``(B, ...)``; ``noise`` standard normal.
@@ -342,9 +348,9 @@ def euler_maruyama_update(
         :math:`x_{t_\text{prev}}`, shape and dtype of ``xt``.
 
     Raises:
-        ValueError: if some ``t_prev >= t`` or ``t_prev < 0``.
+        ValueError: if some ``t_prev >= t``, ``t_prev < 0`` or ``t > T``.
     """
-    t, t_prev = _check_earlier(t, t_prev, "euler_maruyama_update")
+    t, t_prev = _check_earlier(t, t_prev, "euler_maruyama_update", schedule.T)
     ab = gather64(schedule.alpha_bar, t, xt)  # float64, shaped (B, 1, ..., 1) like every coefficient below
     t_cpu, t_prev_cpu = t.detach().cpu().to(torch.float64), t_prev.detach().cpu().to(torch.float64)
     du = ((t_cpu - t_prev_cpu) / schedule.T).reshape(ab.shape)
@@ -369,12 +375,23 @@ def reverse_diffusion_update(
 
     It undoes the forward discretization :math:`x_t = \sqrt{1-b}\,x_{t_\text{prev}} + \sqrt b\,z` by reversing its
     drift :math:`(\sqrt{1-b} - 1)x` and adding :math:`b\,s` (their App. E); to first order in :math:`b` it is the
-    ancestral step. Coefficients in float64.
+    ancestral step. Its error is second order in :math:`b`, which is small on the chain's own steps but not on a
+    strided grid, where every step overestimates the variance: for data :math:`\mathcal N(0, I)` (every marginal
+    :math:`\mathcal N(0, I)`, :math:`s = -x`) one step maps the variance 1 to
+    :math:`(2 - \sqrt{1-b} - b)^2 + b = 1 + b^2/2 + O(b^3)`, 2 at :math:`b = 1` (book chapter "Stochastic
+    differential equations" measures the ten-step sampler). Coefficients in float64.
+
+    Args:
+        xt, x0_hat, noise: shape ``(B, ...)``; ``noise`` standard normal.
+        t, t_prev: integer tensors ``(B,)``, ``0 <= t_prev < t <= T`` (at ``t_prev = 0``, :math:`b = 1 - \bar\alpha_t`).
+
+    Returns:
+        :math:`x_{t_\text{prev}}`, shape and dtype of ``xt``.
 
     Raises:
-        ValueError: if some ``t_prev >= t`` or ``t_prev < 0``.
+        ValueError: if some ``t_prev >= t``, ``t_prev < 0`` or ``t > T``.
     """
-    t, t_prev = _check_earlier(t, t_prev, "reverse_diffusion_update")
+    t, t_prev = _check_earlier(t, t_prev, "reverse_diffusion_update", schedule.T)
     ab, ab_prev = gather64(schedule.alpha_bar, t, xt), gather64(schedule.alpha_bar, t_prev, xt)
     b = 1.0 - ab / ab_prev
     c_score = b / (1.0 - ab)  # s = (sqrt(ab) x0_hat - x) / (1 - ab)
@@ -398,24 +415,29 @@ def snr_step_size(score: torch.Tensor, noise: torch.Tensor, snr: float, alpha: t
     Langevin update samples: the diffusion :math:`dx = \delta(x)\nabla\log p\,ds + \sqrt{2\delta(x)}\,dW` leaves
     :math:`p/\delta` invariant, not :math:`p` (book chapter "Stochastic differential equations", eq.
     ``state-dependent-langevin``). The row rule's :math:`\delta \propto \|z\|^2/\|s(x)\|^2` depends on the state
-    and on the noise; in ``d`` dimensions it leaves :math:`p^{d/(d+2)}\|s\|^2` invariant, which for a standard
-    normal target has the variance :math:`((d+2)/d)^2` per coordinate: nine times too much in one dimension, 13%
-    in 32, 0.5% in MNIST's 784 (measured for 8 and 32 in tests/test_sde.py). The batch rule is a constant step
-    for a large batch; its price is that a sample depends on its batch.
+    and on the noise; in the limit of small steps, in ``d`` dimensions, it leaves :math:`p^{d/(d+2)}\|s\|^2`
+    invariant, which for a standard normal target has the variance :math:`((d+2)/d)^2` per coordinate: 13% too
+    much in 32 dimensions, 0.5% in MNIST's 784 (measured for 8 and 32 in tests/test_sde.py). That limit is no
+    guide in one or two dimensions: where :math:`\|s\|` is small the step is huge (for a standard normal target a
+    sample near 0 jumps to a distance of about :math:`2r\|z\|^2/\|x\|`), and the chain's mean square does not settle
+    but keeps growing (measured in tests/test_sde.py and the book chapter). The batch rule is a constant step for a
+    large batch; its price is that a sample depends on its batch.
 
     Args:
         score: :math:`s`, shape ``(B, ...)``; no row may be all zeros.
         noise: :math:`z`, the standard normal noise the same Langevin step will use, shape of ``score``.
-        snr: :math:`r > 0` (Song et al.'s released configurations use 0.16).
-        alpha: a float, 0-d, or ``(B,)`` tensor (broadcast per row), in ``(0, 1]``.
+        snr: :math:`r > 0`. Song et al.'s released configurations default to 0.16 (used with their CIFAR-10
+            VE-SDE samplers' Langevin corrector); some set 0.17, 0.15 or 0.075.
+        alpha: a float, 0-d, or ``(B,)`` tensor (broadcast per row), in ``(0, 1]``. :func:`pc_step` passes
+            :math:`1 - \beta_{t_\text{prev}}` of the schedule's ``T``-step chain.
         norms: ``"row"`` or ``"batch"``.
 
     Returns:
         :math:`\delta > 0`, shape ``(B, 1, ..., 1)``, dtype of ``score`` (formed in float64).
 
     Raises:
-        ValueError: for ``snr <= 0``, mismatched shapes, an unknown ``norms``, or a row whose score is exactly 0
-            (its step would be infinite).
+        ValueError: for ``snr <= 0``, an ``alpha`` outside ``(0, 1]`` (or of another shape), mismatched shapes, an
+            unknown ``norms``, or a row whose score is exactly 0 (its step would be infinite).
     """
     if norms not in ("row", "batch"):
         raise ValueError(f"snr_step_size: norms must be 'row' or 'batch', got {norms!r}.")
@@ -432,6 +454,8 @@ def snr_step_size(score: torch.Tensor, noise: torch.Tensor, snr: float, alpha: t
     alpha = torch.as_tensor(alpha, dtype=torch.float64).detach().cpu()
     if alpha.ndim > 1 or (alpha.ndim == 1 and alpha.shape[0] not in (1, score.shape[0])):
         raise ValueError(f"snr_step_size: alpha must be a number or one per row ({score.shape[0]},); got shape {tuple(alpha.shape)}.")
+    if not bool(((alpha > 0) & (alpha <= 1)).all()):
+        raise ValueError("snr_step_size: alpha must lie in (0, 1] (1 - beta for the VP-SDE, 1 for the VE-SDE).")
     delta = 2.0 * alpha * (snr * z_norm / s_norm) ** 2  # (B,)
     return delta.reshape((-1,) + (1,) * (score.ndim - 1)).to(device=score.device, dtype=score.dtype)
 
@@ -439,11 +463,13 @@ def snr_step_size(score: torch.Tensor, noise: torch.Tensor, snr: float, alpha: t
 def euler_maruyama_step(
     denoiser: Denoiser, x: torch.Tensor, t: torch.Tensor, t_prev: torch.Tensor, schedule: Schedule,
     generator: torch.Generator | None = None, state: Any = None, *, sigma_max: float = 80.0,
+    max_beta_du: float = math.inf,
 ) -> tuple[torch.Tensor, None]:
-    r"""One Euler-Maruyama step of the reverse-time VP-SDE (:func:`euler_maruyama_update`): one denoiser call, one noise draw.
+    r"""One step of the sampler ``euler-maruyama``: Euler-Maruyama on the reverse-time VP-SDE, with the ancestral step where the noise is extreme.
 
-    Song et al. (2021), the Euler-Maruyama solver of their §4.1, a predictor of their §4.2. Two rules, row by row, as in
-    :func:`heun_step`:
+    One denoiser call, one noise draw; :func:`euler_maruyama_update` (Song et al. 2021, the Euler-Maruyama solver of
+    their §4.1, a predictor of their §4.2) with rules applied row by row, as in :func:`heun_step`. The sampler is
+    therefore a *hybrid*:
 
     * a row with ``t_prev = 0`` returns the denoiser's :math:`\hat x_0` (the final "denoising" step, Tweedie's
       formula; Song et al. likewise return the noise-free mean at the end), which the formula would leave with
@@ -451,24 +477,41 @@ def euler_maruyama_step(
     * a row whose :math:`\sigma_t = \sqrt{(1-\bar\alpha_t)/\bar\alpha_t}` exceeds ``sigma_max`` (Karras et al.'s
       largest noise level, 80) takes the ancestral step instead (:func:`ddim_update` with ``eta = 1``), which
       samples the reverse SDE *exactly* when the denoiser is constant along the step (it is then the time
-      reversal of :math:`q(x_u \mid x_0 = \hat x_0)`, whose transitions are the posteriors). The reason is
-      stability: near :math:`p_u \approx \mathcal N(0, I)` Euler-Maruyama multiplies :math:`x` by about
+      reversal of :math:`q(x_u \mid x_0 = \hat x_0)`, whose transitions are the posteriors). On the cosine schedule
+      that is ``t >= 992`` (:math:`\sigma_T \approx 2\cdot 10^4`): the first step from ``t = T``; on DDPM's linear
+      schedule (:math:`\sigma_T = 157`) ``t >= 931``. The reason is stability: near
+      :math:`p_u \approx \mathcal N(0, I)` Euler-Maruyama multiplies :math:`x` by about
       :math:`1 - \tfrac12\beta(u)\Delta u` per step, and the cosine schedule's clipped last rate is
       :math:`\beta(1) = -T\log(1 - 0.999) \approx 6900`: its first step from ``t = T`` multiplies :math:`x` by
       about -344 at ten steps (more, the fewer), and the next network evaluation sees an input hundreds of times
-      larger than any it was trained on (measured in tests/test_sde.py).
+      larger than any it was trained on (``sigma_max=math.inf`` turns the rule off; measured in tests/test_sde.py).
+
+    The rule mends the first step only. Near ``u = 1`` the cosine schedule's rate behaves like
+    :math:`\beta(u) \approx 2/(1-u)`, so the ``j``-th of ``k`` equal steps from ``t = T`` has
+    :math:`\beta\Delta u \approx 2/(j-1)` whatever ``k``, and Euler-Maruyama is not in its small-step regime there.
+    The second step (:math:`\beta\Delta u \approx 2`) multiplies :math:`x` by about
+    :math:`1 + \tfrac12\beta\Delta u - \beta\Delta u \approx 0` and adds noise of variance about 2: for Gaussian data
+    it leaves about twice the variance of :math:`p_u` (2.12, 2.01, 1.96, 1.91 times at ``k`` = 10, 20, 50, 100), and
+    the excess decays over the following steps (measured in tests/test_sde.py). ``max_beta_du`` (off by default) is
+    an opt-in third rule: a row whose :math:`\beta(u)\Delta u` exceeds it takes the ancestral step too.
 
     The noise is drawn at every step, the last included, like :func:`ddpm_step`.
 
     Raises:
-        ValueError: if some ``t_prev >= t``.
+        ValueError: if some ``t_prev >= t``, ``t_prev < 0`` or ``t > T``, or ``max_beta_du <= 0``.
     """
-    t, t_prev = _check_earlier(t, t_prev, "euler_maruyama_step")
+    t, t_prev = _check_earlier(t, t_prev, "euler_maruyama_step", schedule.T)
+    if not max_beta_du > 0:
+        raise ValueError(f"euler_maruyama_step: max_beta_du must be > 0 (math.inf: off), got {max_beta_du}.")
     x0_hat = denoiser(x, t)
     noise = standard_normal(x, generator)
     out = euler_maruyama_update(x, t, t_prev, x0_hat, noise, schedule)
     ab = schedule.alpha_bar[t.detach().cpu()]  # float64, one per row
     steep = ((1.0 - ab) / ab).sqrt() > sigma_max  # rows that take the ancestral step
+    if max_beta_du < math.inf:  # the opt-in rule: beta(u) du above max_beta_du
+        t_cpu = t.detach().cpu().to(torch.float64)
+        beta_du = vp_diffusion_squared(t_cpu / schedule.T, schedule) * (t_cpu - t_prev.detach().cpu()) / schedule.T
+        steep = steep | (beta_du > max_beta_du)
     if bool(steep.any()):
         out = torch.where(_rows(steep, x), ddim_update(x, t, t_prev, x0_hat, noise, schedule, eta=1.0), out)
     return torch.where(_rows(t_prev == 0, x), x0_hat, out), None
@@ -486,9 +529,10 @@ def pc_step(
     r"""One predictor-corrector step (Song et al. 2021, §4.2 and App. G: Algorithms 2 and 3, with the corrector of Algorithms 4 and 5).
 
     1. **Predictor**, from ``t`` to ``t_prev``, one denoiser call and one noise draw: ``"ancestral"`` (the
-       default: :func:`ddim_update` with ``eta = 1``, the DDPM step on a strided grid, the predictor of Song et
-       al.'s released configurations for DDPM models), ``"reverse-diffusion"`` (:func:`reverse_diffusion_update`,
-       the predictor of their Algorithm 3) or ``"euler-maruyama"`` (:func:`euler_maruyama_step`'s, with its ``sigma_max``
+       default: :func:`ddim_update` with ``eta = 1``, the DDPM step on a strided grid; Song et al.'s released
+       configurations for DDPM models use it with *no* corrector), ``"reverse-diffusion"``
+       (:func:`reverse_diffusion_update`, the predictor of their Algorithm 3, which overestimates the variance on
+       every step of a strided grid) or ``"euler-maruyama"`` (:func:`euler_maruyama_step`'s, with its ``sigma_max``
        rule). Rows with ``t_prev = 0`` return :math:`\hat x_0`, as in every sampler here.
     2. **Corrector**, at ``t_prev >= 1``: ``n_corrector`` unadjusted Langevin steps
        :math:`x \leftarrow x + \delta s + \sqrt{2\delta}\,z` (:func:`~ddpm_lib.sampling.langevin.langevin_update`,
@@ -500,12 +544,22 @@ def pc_step(
        see :func:`snr_step_size`). The corrector moves the sample towards the marginal it should have,
        whatever error the predictor made; it changes nothing in the time grid.
 
+    Where this differs from Song et al.'s released code (``pc_sampler``): there the corrector runs *before* the
+    predictor at each time of the grid, ``t = T`` included; here it runs after the predictor, at the time the
+    predictor lands on, so there is none at ``t = T`` and none after the step to 0. And
+    :math:`\alpha_{t_\text{prev}}` is :math:`1 - \beta_{t_\text{prev}}` of the schedule's ``T``-step chain whatever
+    the grid, where their code takes the :math:`\alpha` of its own ``N``-step discretization, which is its sampling
+    grid. With ``norms="batch"`` on a batch whose rows step to different times (:func:`iterate` never makes one),
+    the rows that step to 0 are still evaluated (at ``t``) and their norms enter the batch means, though their
+    corrected values are discarded.
+
     Bind ``predictor``, ``n_corrector`` and ``snr`` with :func:`functools.partial`. Network evaluations:
     ``1 + n_corrector`` per step, 1 on the step to ``t = 0`` (no corrector there). ``n_corrector = 0`` is the
     predictor alone.
 
     Raises:
-        ValueError: for an unknown predictor or ``norms``, ``n_corrector < 0``, ``snr <= 0``, or some ``t_prev >= t``.
+        ValueError: for an unknown predictor or ``norms``, ``n_corrector < 0``, ``snr <= 0``, some ``t_prev >= t``,
+            ``t_prev < 0`` or ``t > T``.
     """
     if predictor not in PREDICTORS:
         raise ValueError(f"pc_step: unknown predictor {predictor!r}; choose one of {PREDICTORS}.")
@@ -515,7 +569,7 @@ def pc_step(
         raise ValueError(f"pc_step: the signal-to-noise ratio snr must be > 0, got {snr}.")
     if norms not in ("row", "batch"):
         raise ValueError(f"pc_step: norms must be 'row' or 'batch', got {norms!r}.")
-    t, t_prev = _check_earlier(t, t_prev, "pc_step")
+    t, t_prev = _check_earlier(t, t_prev, "pc_step", schedule.T)
     # 1. the predictor
     if predictor == "euler-maruyama":
         x_next, _ = euler_maruyama_step(denoiser, x, t, t_prev, schedule, generator, sigma_max=sigma_max)
