@@ -303,7 +303,7 @@ def test_cli_evaluate_nll_on_a_few_images(tmp_path, capsys):
     assert 2 <= json.loads(out.read_text())["network_calls_per_image"] <= 4
     assert main(["evaluate", "--checkpoint", str(ckpt), "--metrics", "nll", "--limit", "2", "--strata", "0"]) == 2
     assert "strata must be >= 1" in capsys.readouterr().err
-    with pytest.raises(SystemExit, match="subset of nll,fd"):
+    with pytest.raises(SystemExit, match="subset of nll,ode-nll,fd"):
         main(["evaluate", "--checkpoint", str(ckpt), "--metrics", "bpd"])
     bad = tmp_path / "bad.npz"
     np.savez(bad, images=np.zeros((3, 32, 32), dtype=np.uint8))
