@@ -41,7 +41,7 @@ pytestmark = pytest.mark.wheel
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
-TEACHING_ONLY = ("matplotlib", "ipywidgets", "anywidget", "daft", "IPython")  # the `book` extra; sympy comes with torch
+TEACHING_ONLY = ("matplotlib", "ipywidgets", "anywidget", "traitlets", "daft", "IPython")  # the `book` extra; sympy comes with torch
 
 
 def _env(tmp: Path) -> dict:
