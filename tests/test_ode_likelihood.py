@@ -161,6 +161,25 @@ def test_hutchinson_log_likelihood_is_unbiased_along_the_solution():
     assert abs(float(per_probe.mean() - exact)) < 4 * float(se) + TOL
 
 
+def test_hutchinson_over_every_sign_vector_is_exact_along_the_solution():
+    # Paired and deterministic: the trajectory does not depend on the probe, so a probe v held fixed along it
+    # gives Delta_v = v^T M v with M the integral of the Jacobian. Averaged over all 2^D Rademacher sign vectors
+    # the off-diagonal terms of M cancel exactly and the mean must equal the exact log-likelihood to the
+    # solver's tolerance; an unbalanced subset of the sign vectors (planted) leaves them in and must miss it.
+    schedule = SCHEDULES["cosine"]
+    m, S, x = _gaussian_problem(schedule, 1e-3, n=1)
+    signs = torch.tensor([[a, b, c] for a in (1, -1) for b in (1, -1) for c in (1, -1)], dtype=torch.float64)
+    out = _solve(schedule, m, S, x, 1e-3, probes=signs[:, None, :])
+    per_probe = out["log_prob_per_probe"][0]
+    exact = gaussian_data_log_prob(x, 1e-3, m, S, schedule)[0]
+    assert float(per_probe.max() - per_probe.min()) > 0.05, "M would be diagonal: every probe exact, test nothing"
+    assert abs(float(per_probe.mean() - exact)) < TOL
+    # v and -v give the same estimate (v^T M v is even in v)
+    assert torch.allclose(per_probe[:4], per_probe[4:].flip(0), atol=TOL)
+    unbalanced = per_probe[:3].mean()  # (+,+,+), (+,+,-), (+,-,+): the (1,2) and (1,3) terms do not cancel
+    assert abs(float(unbalanced - exact)) > 10 * TOL
+
+
 # --- planted mistakes: each must be caught by the Gaussian check -----------------------------------------------
 
 def test_planted_missing_half_in_the_velocity_is_caught():

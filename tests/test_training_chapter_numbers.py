@@ -256,3 +256,18 @@ def test_the_three_errors_exercise(prose):
     assert (rows["v loss"][col], rows["eps loss"][col]) == ("0.071", "0.024")
     assert f"\\bar\\alpha_{{600}} = {ab600:.3f}$ and $0.071 \\times {ab600:.3f} = {0.071 * ab600:.3f}$" in prose
     assert f"differs from 1 by ${float(schedule.beta[1]) * 1e5:.0f} \\times 10^{{-5}}$" in prose
+
+
+def test_the_log_snr_strata_the_prose_describes(prose):
+    # "Near t = T ... groups of one or two steps ... some intervals hold no step at all. With K = 25 this gives
+    # 20 non-empty groups, 21 network calls per image"
+    from ddpm_lib.checkpoint import load_model
+    from ddpm_lib.evaluation import elbo_strata
+
+    assert "With $K = 25$ this gives 20 non-empty groups, 21 network calls" in prose
+    groups = elbo_strata(load_model("mnist").schedule, 25)
+    sizes = [len(g) for g in groups]
+    assert len(groups) == 20 < 25  # five of the 25 intervals are empty
+    singles = [i for i, s in enumerate(sizes) if s == 1]
+    assert singles and min(singles) > len(sizes) // 2  # the one-step groups lie near t = T, not near t = 2
+    assert max(sizes[-3:]) <= 2 and sizes[0] > 2  # the last three groups: 2, 1, 1 steps
