@@ -104,6 +104,14 @@ def test_the_bump_density_goes_below_the_entropy_and_the_stored_values_follow_th
     stored = dict(re.findall(r"s = +([0-9.]+): 'bits/dim' at the levels +(-?[0-9.]+);", outputs()))
     for s in ("0.01", "0.001"):
         assert rounds_to(entropy + 0.5 * math.log2(2 * math.pi * float(s) ** 2), stored[s]) and float(stored[s]) < entropy
+    # dequantized, the same density pays E_U |U - 1/2|^2 / (2 s^2) = 1 / (12 s^2) nats per image on top of that,
+    # 1 / (24 s^2 ln 2) bits/dim (the prose's formula): the stored bound follows it and never goes below the entropy
+    assert r"$1/(24\, s^2 \ln 2)$ bits/dim" in markdown(NAME)
+    deq = dict(re.findall(r"s = +([0-9.]+): 'bits/dim' at the levels +-?[0-9.]+;  dequantized bound +([0-9.]+)", outputs()))
+    assert len(deq) == 4 and all(float(v) > entropy for v in deq.values())
+    for s in ("0.01", "0.001"):
+        centres = entropy + 0.5 * math.log2(2 * math.pi * float(s) ** 2)
+        assert rounds_to(centres + 1 / (24 * float(s) ** 2 * LN2), deq[s]), (s, deq[s])
 
 
 def _bumps_at_centres(s: float) -> float:
@@ -218,12 +226,13 @@ def test_the_published_anchors_in_the_prose_are_the_table_s():
     for name in ("RealNVP", "Glow", "FFJORD", "Residual Flow"):
         assert float(stated(text, rf"\*\*{name}\*\* ([0-9.]+)")) == published[name]
     assert float(stated(text, r"\*\*An autoregressive transformer\*\*, about ([0-9.]+) bits/dim")) == published["autoregressive transformer"]
-    # each row says what it is; the only exact one is the autoregressive figure, and it is uncited (unverified)
+    # each row says what it is; the only exact one is the autoregressive figure, cited with its own, more precise value
     kinds = {name: what for name, value, what, source in table_namespace()["PUBLISHED"]}
     assert kinds["autoregressive transformer"].startswith("exact discrete likelihood")
     assert all(w.startswith("upper bound via uniform dequantization") for n, w in kinds.items() if n != "autoregressive transformer")
     ar_paragraph = text[text.index("**An autoregressive transformer**"):].split("\n\n")[0]
-    assert "{cite" not in ar_paragraph and "could not find and check its source" in ar_paragraph
+    assert "{cite:t}`katharopoulos2020transformers`" in ar_paragraph
+    assert round(float(stated(ar_paragraph, r"their MNIST table, ([0-9.]+)")), 2) == published["autoregressive transformer"]
 
 
 def test_the_prose_comparisons_hold_for_the_shipped_numbers():
@@ -289,6 +298,28 @@ def test_joint_divergence_splits_with_the_prior_and_is_negative_without_it():
     assert without_prior < 0 < joint_kl
     # the chapter's own fit printed the same signs
     assert float(stated(outputs(), r"without the prior p\(z\) in the model's joint: (-[0-9.]+) nats")) < 0
+
+
+def test_where_the_elbo_gap_sits():
+    # "Its three largest values are in corners ... by far the largest at $(0, 7)$ ... then at the background cell
+    # $(0, 0)$ and at $(7, 7)$ ... almost all (97 %) of the average ELBO gap": the stored output, and the share
+    # recomputed from the toy table's two latent-model rows (a different route: P(0, 0) x the cell's gap / the mean gap)
+    text, out, table = re.sub(r"\s+", " ", markdown(NAME)), outputs(), _toy_table()
+    line = stated(out, r"(the ELBO gap's largest cell: .*)")
+    first = re.search(r"largest cell: \((\d), (\d)\), more than ([0-9.]+) bit/dim \(P = ([0-9.e-]+)\)", line).groups()
+    cells = [first] + re.findall(r"\((\d), (\d)\) ([0-9.]+) \(P = ([0-9.e-]+)\)", line.split("the next two")[1])
+    assert [(int(a), int(b)) for a, b, _, _ in cells] == [(0, 7), (0, 0), (7, 7)]
+    assert all({int(a), int(b)} <= {0, 7} for a, b, _, _ in cells)  # corners: both bins outer ones
+    gaps = [float(g) for _, _, g, _ in cells]  # the first is a lower bound (that cell's encoder is barely fitted)
+    assert gaps[0] > 10 * gaps[1] and float(cells[0][3]) < 1e-6  # by far the largest, where the data almost never are
+    assert "by far the largest at $(0, 7)$, which the data almost never visit" in text
+    assert "then at the background cell $(0, 0)$ and at $(7, 7)$" in text
+    share_w = stated(text, r"almost all \(([0-9]+) %\) of the average ELBO gap")
+    assert share_w == stated(out, r"the background cell \(0, 0\) makes ([0-9]+)% of the average ELBO gap")
+    mean_gap = table["latent model, -ELBO"] - table["latent model, exact"]  # each printed to 1e-4
+    p00 = float(toy_P()[0][0, 0])
+    assert abs(p00 * gaps[1] / mean_gap - float(share_w) / 100) < 0.03  # 0.035 and the gap are rounded: ~2 % apart
+    assert "a few hundredths of a bit" in text and 0.01 < gaps[1] < 0.1
 
 
 def test_the_toy_methods_and_widths_the_prose_states():
