@@ -45,11 +45,66 @@ def _cmd_sample(args: argparse.Namespace) -> None:
         raise SystemExit(f"error: --out must end in .npz, got {out}.")
     dev = pick_device(args.device)
     loaded = load_model(args.checkpoint, device=dev)
-    images = generate_images(loaded, args.n, args.sampler, args.steps, args.eta, args.seed, args.batch_size, progress=True).numpy()
+    labels, denoiser_for = _guidance_from_args(args, loaded, dev)
+    images = generate_images(loaded, args.n, args.sampler, args.steps, args.eta, args.seed, args.batch_size, progress=True,
+                             labels=labels, denoiser_for=denoiser_for).numpy()
     out.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(out, images=images)
+    np.savez_compressed(out, images=images, **({} if labels is None else {"labels": labels.numpy()}))
     png = save_grid(images[:256], out.with_suffix(".png"))
-    print(f"images: {out} {images.shape} {images.dtype}\ngrid: {png}")
+    print(f"images: {out} {images.shape} {images.dtype}" + ("" if labels is None else f", labels {tuple(labels.shape)}")
+          + f"\ngrid: {png}")
+
+
+def _parse_class_labels(text: str, n: int) -> torch.Tensor:
+    """``--class-labels``: ``"3,3,7"`` (repeated to ``n`` images) or ``"0-9"`` (the range, cycled), as int64 ``(n,)``."""
+    text = text.strip()
+    try:
+        if "-" in text:
+            lo, hi = (int(v) for v in text.split("-"))
+            if hi < lo:
+                raise ValueError
+            cycle = list(range(lo, hi + 1))
+        else:
+            cycle = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise ValueError(f"--class-labels takes a comma-separated list such as 3,3,7 or a range such as 0-9; got {text!r}.") from None
+    if any(not 0 <= v <= 9 for v in cycle):
+        raise ValueError(f"--class-labels {text!r}: MNIST's classes are the digits 0-9.")
+    return torch.tensor([cycle[i % len(cycle)] for i in range(n)], dtype=torch.long)
+
+
+def _guidance_from_args(args: argparse.Namespace, loaded, dev):
+    """The labels and the batch denoiser builder that ``--class-labels``, ``--guidance-scale`` and ``--classifier`` ask for."""
+    from functools import partial
+
+    from .checkpoint import load_noisy_classifier
+    from .sampling.guided import classifier_free_denoiser, classifier_guided_denoiser
+
+    conditional = loaded.model.config.num_classes is not None
+    if args.class_labels is None:
+        if args.guidance_scale is not None or args.classifier is not None:
+            raise ValueError("--guidance-scale and --classifier guide towards classes: give them with --class-labels "
+                             "(e.g. 0-9).")
+        if conditional:
+            raise ValueError(f"{args.checkpoint} is a conditional model: give --class-labels (e.g. 0-9), and "
+                             f"optionally --guidance-scale.")
+        return None, None
+    labels = _parse_class_labels(args.class_labels, args.n)
+    scale = 1.0 if args.guidance_scale is None else args.guidance_scale
+    if args.classifier is not None:
+        if conditional:
+            raise ValueError(f"--classifier guides an unconditional model, and {args.checkpoint} is conditional: drop "
+                             f"--classifier (classifier-free guidance), or guide an unconditional checkpoint such as mnist.")
+        classifier = load_noisy_classifier(args.classifier, device=dev)
+        builder = partial(classifier_guided_denoiser, loaded, classifier, guidance_scale=scale)
+    elif conditional:
+        builder = partial(classifier_free_denoiser, loaded, guidance_scale=scale)
+    else:
+        raise ValueError(f"{args.checkpoint} is an unconditional model, so --class-labels needs a noise-conditional "
+                         f"classifier to guide it: add --classifier mnist-noisy-classifier, or sample the conditional model "
+                         f"mnist-cfg.")
+    builder(labels[:1])  # refuse a bad scale or a mismatched schedule now, not after the first batch
+    return labels, builder
 
 
 def _cmd_info(args: argparse.Namespace) -> None:
@@ -124,6 +179,64 @@ def _cmd_train_classifier(args: argparse.Namespace) -> None:
     accuracy = classifier_accuracy(model, *load_mnist("test"))
     path = save_classifier(args.out, model, {"train": settings, "test_accuracy": accuracy, "command": _command_line()})
     print(f"classifier: {path}\ntest accuracy: {accuracy:.4f}")
+
+
+def _cmd_train_noisy_classifier(args: argparse.Namespace) -> None:
+    from .checkpoint import export_noisy_classifier, load_model, load_noisy_classifier
+    from .data import load_mnist
+    from .training.noisy_classifier import NoisyClassifierTrainConfig, noisy_accuracy, train_noisy_classifier
+
+    schedule = load_model(args.checkpoint).schedule
+    config = NoisyClassifierTrainConfig(epochs=args.epochs, seed=args.seed)
+    command = _command_line()
+    path = train_noisy_classifier(config, schedule, args.out, device=args.device, progress=not args.no_progress,
+                                  meta={"command": command, "guides": str(args.checkpoint)})
+    ts = [1, 100, 250, 500, 750, 900, 1000]
+    accuracy = noisy_accuracy(load_noisy_classifier(path).model, schedule, *load_mnist("test"), [t for t in ts if t <= schedule.T])
+    print("test accuracy on noised digits: " + ", ".join(f"t = {t}: {a:.3f}" for t, a in accuracy.items()))
+    if args.export:
+        test = {"accuracy_at_t": {str(t): a for t, a in accuracy.items()}, "noise_seed": 0}
+        print(f"weights: {export_noisy_classifier(path, args.export, test, command)}")
+    print(f"checkpoint: {path}")
+
+
+def _cmd_guidance_sweep(args: argparse.Namespace) -> None:
+    from functools import partial
+
+    from .checkpoint import load_classifier, load_model, load_noisy_classifier
+    from .devices import pick_device
+    from .evaluation.guidance_tradeoff import guidance_sweep
+    from .sampling.guided import classifier_free_denoiser, classifier_guided_denoiser
+
+    dev = pick_device(args.device)
+    loaded = load_model(args.checkpoint, device=dev)
+    conditional = loaded.model.config.num_classes is not None
+    if conditional == (args.classifier is not None):
+        raise ValueError("guidance-sweep runs classifier-free guidance on a conditional model (mnist-cfg, no "
+                         "--classifier) or classifier guidance on an unconditional one (mnist with --classifier "
+                         "mnist-noisy-classifier); got " + ("a conditional model and a classifier." if conditional else
+                                                            "an unconditional model without a classifier."))
+    if any(g < 0 for g in args.scales):
+        raise ValueError(f"--scales are guidance scales g = w + 1 >= 0; got {args.scales}.")
+    if conditional:
+        method, guide = "classifier-free", lambda g: partial(classifier_free_denoiser, loaded, guidance_scale=g)
+    else:
+        classifier = load_noisy_classifier(args.classifier, device=dev)
+        method, guide = "classifier", lambda g: partial(classifier_guided_denoiser, loaded, classifier, guidance_scale=g)
+    table = guidance_sweep(loaded, load_classifier(args.evaluator), guide, args.scales, n=args.n, sampler=args.sampler,
+                           steps=args.steps, seed=args.seed, batch_size=args.batch_size, n_bootstrap=args.bootstrap,
+                           cache=args.cache)
+    result = {"checkpoint": str(args.checkpoint), "classifier": args.classifier, "method": method,
+              "command": _command_line(), **table}
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    print(f"{method} guidance, {table['sampler']} with {table['steps']} steps, n = {table['n']}; "
+          f"floor = {table['floor']:.2f} +- {table['floor_sd']:.2f} (sd)")
+    print(f"{'g':>5} {'w':>5} {'accuracy':>15} {'FD ratio':>13} {'diversity':>13} {'s':>7}")
+    for r in table["rows"]:
+        print(f"{r['guidance_scale']:5g} {r['w']:5g} {r['accuracy']:8.3f} +- {r['accuracy_se']:.3f} "
+              f"{r['fd_ratio']:6.2f} +- {r['fd_ratio_se']:.2f} {r['diversity']:6.3f} +- {r['diversity_se']:.3f} {r['seconds']:7.0f}")
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
@@ -240,6 +353,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch-size", type=_positive_int, default=256)
     s.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: CUDA, else MPS, else CPU)")
     s.add_argument("--out", required=True, help="FILE.npz; the grid goes to FILE.png")
+    s.add_argument("--class-labels", help="digits to draw, as a list repeated over the images (3,3,7) or a range cycled "
+                   "through (0-9); the npz then also holds `labels`. A conditional model (mnist-cfg) needs them; an "
+                   "unconditional one needs --classifier with them")
+    s.add_argument("--guidance-scale", type=float, help="guidance strength g = w + 1 (the guidance_scale of common libraries; "
+                   "Ho & Salimans' w = g - 1): 1 (default) is the conditional model, 0 the unconditional one, > 1 guides. "
+                   "Classifier-free for a conditional model; with --classifier, Dhariwal & Nichol's classifier scale s = g")
+    s.add_argument("--classifier", help="a noise-conditional classifier (mnist-noisy-classifier, or a file from "
+                   "train-noisy-classifier) to guide an unconditional model")
     s.set_defaults(func=_cmd_sample)
 
     i = sub.add_parser("info", help="print a checkpoint's JSON config")
@@ -281,6 +402,35 @@ def build_parser() -> argparse.ArgumentParser:
     tc.add_argument("--device")
     tc.add_argument("--no-progress", action="store_true")
     tc.set_defaults(func=_cmd_train_classifier)
+
+    nc = sub.add_parser("train-noisy-classifier", help="train (or resume) the noise-conditional classifier p(y | x_t, t) "
+                        "that classifier guidance uses, on digits noised with a diffusion model's schedule")
+    nc.add_argument("--checkpoint", default="mnist", help="the diffusion model to guide (its schedule noises the digits)")
+    nc.add_argument("--out", required=True, help="the checkpoint file, rewritten after each epoch; an existing one is resumed")
+    nc.add_argument("--epochs", type=_positive_int, default=6)
+    nc.add_argument("--seed", type=int, default=0)
+    nc.add_argument("--export", help="also write a slim weights file with the accuracies, e.g. ddpm_lib/weights/mnist-noisy-classifier.safetensors")
+    nc.add_argument("--device")
+    nc.add_argument("--no-progress", action="store_true")
+    nc.set_defaults(func=_cmd_train_noisy_classifier)
+
+    gs = sub.add_parser("guidance-sweep", help="label accuracy, FD ratio and within-class diversity against the guidance "
+                        "scale: classifier-free (a conditional model) or classifier guidance (an unconditional model and "
+                        "--classifier)")
+    gs.add_argument("--checkpoint", required=True, help="mnist-cfg (classifier-free) or mnist (with --classifier)")
+    gs.add_argument("--classifier", help="the noise-conditional classifier for classifier guidance (mnist-noisy-classifier)")
+    gs.add_argument("--scales", type=float, nargs="+", required=True, help="guidance scales g = w + 1 (1: the conditional model)")
+    gs.add_argument("--n", type=_positive_int, default=2000, help="images per scale, cycling through the digits")
+    gs.add_argument("--sampler", choices=SAMPLERS, default="dpm-solver-2m")
+    gs.add_argument("--steps", type=_positive_int, default=20)
+    gs.add_argument("--evaluator", default="mnist-classifier", help="the evaluation classifier (accuracy and features)")
+    gs.add_argument("--bootstrap", type=_positive_int, default=200)
+    gs.add_argument("--seed", type=int, default=0)
+    gs.add_argument("--batch-size", type=_positive_int, default=250)
+    gs.add_argument("--cache", help="folder for each scale's images; a stopped sweep resumes from it")
+    gs.add_argument("--device")
+    gs.add_argument("--out", help="write the rows as JSON here too")
+    gs.set_defaults(func=_cmd_guidance_sweep)
 
     ev = sub.add_parser("evaluate", help="the ELBO in bits/dim (nll) and the classifier-feature Frechet distance (fd)")
     ev.add_argument("--checkpoint", required=True, help="a checkpoint path or a shipped name")

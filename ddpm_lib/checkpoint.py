@@ -32,6 +32,7 @@ from safetensors import safe_open
 from safetensors.torch import save as serialize
 
 from .models.classifier import ClassifierConfig, MnistClassifier
+from .models.noisy_classifier import NoisyClassifier, NoisyClassifierConfig
 from .core.schedules import Schedule
 from .models.unet import UNet, UNetConfig
 from .models.vae import VAE, VAEConfig
@@ -44,6 +45,9 @@ __all__ = [
     "load_model",
     "LoadedModel",
     "load_classifier",
+    "load_noisy_classifier",
+    "LoadedNoisyClassifier",
+    "export_noisy_classifier",
     "load_vae",
     "export_weights",
     "pretrained_names",
@@ -280,6 +284,32 @@ def load_classifier(path: str | Path, device: str | torch.device = "cpu") -> Mni
     return model.to(device).eval()
 
 
+@dataclass(frozen=True)
+class LoadedNoisyClassifier:
+    """A noise-conditional classifier ready to guide, with the schedule of the noise it was trained on."""
+
+    model: NoisyClassifier
+    schedule: Schedule
+    meta: dict
+
+
+def load_noisy_classifier(path: str | Path, device: str | torch.device = "cpu") -> LoadedNoisyClassifier:
+    """Load a noise-conditional classifier (a path or a shipped name such as ``"mnist-noisy-classifier"``), in eval mode.
+
+    Raises:
+        FileNotFoundError, ValueError: as :func:`read_checkpoint`; ``ValueError`` also if the checkpoint is not a
+            noise-conditional classifier's (the evaluation classifier ``mnist-classifier`` is not one: it never
+            saw noise) or does not fit the architecture.
+    """
+    ckpt = _read_of_kind(path, "noisy-classifier", "noise-conditional classifier",
+                         "guidance needs p(y | x_t, t): pass `mnist-noisy-classifier` or a file from `train-noisy-classifier` "
+                         "(the evaluation classifier `mnist-classifier` was trained on clean digits only)")
+    model = NoisyClassifier(NoisyClassifierConfig.from_dict(ckpt.meta["classifier"]))
+    _load_weights(model, ckpt.prefixed("model"), f"{path}: the weights do not fit the noise-conditional classifier")
+    schedule = Schedule(ckpt.tensors["schedule.beta"], name=ckpt.meta["schedule"]["name"])
+    return LoadedNoisyClassifier(model.to(device).eval(), schedule, ckpt.meta)
+
+
 def save_classifier(path: str | Path, model: MnistClassifier, meta: dict) -> Path:
     """Write a classifier checkpoint (``kind: "classifier"``): its weights, its config, and ``meta``
     (``train`` settings, ``test_accuracy``, ``command``), atomically.
@@ -346,6 +376,23 @@ def export_vae(checkpoint: str | Path, out: str | Path, test: dict) -> Path:
     meta = {k: v for k, v in ckpt.meta.items() if k in ("kind", "model", "train", "state", "command")}
     meta["test"] = test
     save_checkpoint(out, {f"model.{k}": v.float() for k, v in ckpt.prefixed("model").items()}, meta)
+    return Path(out)
+
+
+def export_noisy_classifier(checkpoint: str | Path, out: str | Path, test: dict, command: str) -> Path:
+    """Write a slim copy of a ``train-noisy-classifier`` checkpoint for shipping: weights, schedule and JSON.
+
+    AdamW's moments and the generator's state are dropped; ``test`` (accuracies on noised test digits,
+    :func:`ddpm_lib.training.noisy_accuracy`) is stored as ``meta["test"]`` and ``command`` as ``meta["command"]``.
+
+    Raises:
+        FileNotFoundError, ValueError: as :func:`load_noisy_classifier`.
+    """
+    ckpt = _read_of_kind(checkpoint, "noisy-classifier", "noise-conditional classifier",
+                         "pass a checkpoint written by `python -m ddpm_lib train-noisy-classifier`")
+    meta = {k: v for k, v in ckpt.meta.items() if k in ("kind", "classifier", "train", "schedule", "epoch")}
+    tensors = {**{f"model.{k}": v for k, v in ckpt.prefixed("model").items()}, "schedule.beta": ckpt.tensors["schedule.beta"]}
+    save_checkpoint(out, tensors, {**meta, "test": test, "command": command})
     return Path(out)
 
 

@@ -174,3 +174,41 @@ def test_guidance_lands_samples_in_the_class_and_the_mistakes_do_not():
     assert 0.85 <= conditional <= 0.97 and guided >= 0.99 and guided > conditional
     assert 0.29 <= w_as_g <= 0.37  # the class prior, 1/3
     assert flipped <= 0.05
+
+
+# --- classifier guidance with an exact classifier, and the notes' gamma (book chapter "Guidance, exact on a toy") ---
+
+
+def _two_class_toy():
+    from ddpm_lib.toys import ConditionalGaussianMixture
+
+    c0 = GaussianMixture(torch.tensor([0.5, 0.5], dtype=torch.float64), MEANS[:2], torch.full((2,), 0.5, dtype=torch.float64))
+    c1 = GaussianMixture(torch.ones(1, dtype=torch.float64), MEANS[2:], torch.full((1,), 0.5, dtype=torch.float64))
+    return ConditionalGaussianMixture((c0, c1), torch.tensor([0.6, 0.4], dtype=torch.float64))
+
+
+def test_gamma_is_w_plus_one():
+    assert GUIDANCE_CONVENTIONS["gamma"] == 1.0
+    assert convert_guidance(1.0, "gamma") == 0.0  # gamma = 1: the conditional model
+    assert convert_guidance(0.0, "gamma") == -1.0  # gamma = 0: the unconditional model
+    assert convert_guidance(3.0, "gamma", "guidance_scale") == 3.0
+
+
+@pytest.mark.parametrize("scale", [0.0, 1.0, 3.0])
+def test_classifier_guidance_with_the_exact_classifier(scale):
+    from ddpm_lib.sampling import classifier_guidance
+
+    toy = _two_class_toy()
+    uncond = exact_denoiser(toy.marginal())
+    cond = denoiser_from_score(toy.score_fn(SCHEDULE, 0), SCHEDULE)
+    grad = toy.class_log_posterior_grad_fn(SCHEDULE, 0)
+    for seed in range(3):
+        x, t = _points(seed=seed)
+        got = classifier_guidance(uncond, grad, scale=scale)(x, t)
+        # the notes' gamma form, gamma = s: classifier-free guidance with w = convert_guidance(s, "gamma")
+        want = classifier_free_guidance(cond, uncond, w=convert_guidance(scale, "gamma"))(x, t)
+        size = float(x.abs().max() / SCHEDULE.alpha_bar[int(t[0])].sqrt())  # the terms that cancel in Tweedie's formula
+        assert float((got - want).abs().max()) < 1e-12 * size
+        if scale != 1.0:  # planted: gamma read as w, one step further
+            off = classifier_free_guidance(cond, uncond, w=scale)(x, t)
+            assert float((off - want).abs().max()) > 1e-6 * size

@@ -21,6 +21,7 @@ from ..sampling.images import generate_images
 from ..sampling.loop import SAMPLERS, count_nfe, sampler_plan
 
 __all__ = ["classifier_accuracy", "ClassifierFeatures", "classifier_features", "frechet_distance", "frechet_distances",
+           "frechet_distances_of_features",
            "frechet_bootstrap", "random_real_sets", "sampler_table"]
 
 
@@ -71,8 +72,12 @@ def classifier_features(images: torch.Tensor, classifier: MnistClassifier, batch
     return torch.cat([extractor(images[start : start + batch_size, None]) for start in range(0, images.shape[0], batch_size)])
 
 
-def _fd_of_features(fakes: list[torch.Tensor], real: torch.Tensor) -> list[float]:
-    """torchmetrics' Fréchet distance of each ``(N_i, F)`` feature set in ``fakes`` to the ``(M, F)`` set ``real``."""
+def frechet_distances_of_features(fakes: list[torch.Tensor], real: torch.Tensor) -> list[float]:
+    """torchmetrics' Fréchet distance of each ``(N_i, F)`` float feature set in ``fakes`` to the ``(M, F)`` set ``real``.
+
+    :func:`frechet_distances` on features computed once (:func:`classifier_features`), for callers that reuse them.
+    Returns one float per set, in order.
+    """
     metric = FrechetInceptionDistance(feature=_GivenFeatures(real.shape[1]), reset_real_features=False)
     metric.update(real, real=True)
     distances = []
@@ -100,7 +105,7 @@ def frechet_distances(fakes: list[torch.Tensor], real: torch.Tensor, classifier:
     fakes = [check_images(fake, "fake images") for fake in fakes]
     real = check_images(real, "real images")
     real_features = classifier_features(real, classifier, batch_size)
-    return _fd_of_features([classifier_features(fake, classifier, batch_size) for fake in fakes], real_features)
+    return frechet_distances_of_features([classifier_features(fake, classifier, batch_size) for fake in fakes], real_features)
 
 
 def frechet_distance(fake: torch.Tensor, real: torch.Tensor, classifier: MnistClassifier, batch_size: int = 1000) -> float:
@@ -140,7 +145,7 @@ def frechet_bootstrap(
     fake_features = [classifier_features(fake, classifier, batch_size) for fake in fakes]
     gen = torch.Generator().manual_seed(seed)
     indices = {n: torch.randint(n, (n_bootstrap, n), generator=gen) for n in sorted({f.shape[0] for f in fake_features})}
-    replicates = [_fd_of_features([f[indices[f.shape[0]][b]] for b in range(n_bootstrap)], real_features) for f in fake_features]
+    replicates = [frechet_distances_of_features([f[indices[f.shape[0]][b]] for b in range(n_bootstrap)], real_features) for f in fake_features]
     return replicates
 
 

@@ -1,4 +1,11 @@
-"""Classifier-free guidance as a denoiser wrapper, and the map between the ways its strength is written.
+"""Guidance as denoiser wrappers (classifier guidance, classifier-free guidance), and the map between the ways its strength is written.
+
+Classifier guidance (Dhariwal & Nichol 2021, Algorithm 1 and eq. 11; book eq. ``classifier-guidance``) adds
+``s`` times a classifier's gradient to the model's score, :math:`\\nabla\\log p(x_t) + s\\,\\nabla\\log p(y \\mid x_t)`;
+:func:`classifier_guidance` does it to a denoiser through Tweedie's formula, so that the result is again a
+denoiser: :math:`\\hat x_0 + s\\,\\frac{1-\\bar\\alpha_t}{\\sqrt{\\bar\\alpha_t}}\\,\\nabla\\log p(y \\mid x_t)`.
+:func:`classifier_log_likelihood_grad` turns a noise-conditional classifier ``(x_t, t) -> logits`` into that
+gradient by autograd.
 
 Ho & Salimans (2022), eq. 6 (book eq. ``cfg``), mix a conditional and an unconditional prediction of
 the noise with a weight ``w``:
@@ -33,22 +40,33 @@ model where the unconditional one was meant, and ``w = 0`` read as ``g`` the rev
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 
+from ..core.targets import score_from_x0, x0_from_score
 from .denoisers import Denoiser, schedule_of, schedules_match
 
-__all__ = ["GUIDANCE_CONVENTIONS", "convert_guidance", "classifier_free_guidance"]
+__all__ = ["GUIDANCE_CONVENTIONS", "convert_guidance", "classifier_free_guidance", "classifier_guidance",
+           "classifier_log_likelihood_grad"]
 
-GUIDANCE_CONVENTIONS = {"w": 0.0, "guidance_scale": 1.0, "classifier_scale": 1.0, "classifier_scale_conditional": 0.0}
-"""Each convention's offset from Ho & Salimans' ``w``: ``value = w + offset``."""
+GUIDANCE_CONVENTIONS = {"w": 0.0, "guidance_scale": 1.0, "classifier_scale": 1.0, "classifier_scale_conditional": 0.0,
+                        "gamma": 1.0}
+"""Each convention's offset from Ho & Salimans' ``w``: ``value = w + offset``.
+
+The four of the module docstring, and ``"gamma"``: the :math:`\\gamma` of Luo (2022), section "Classifier-Free
+Guidance" (and of the notes that the book corrects), a weight on the two scores,
+:math:`\\gamma\\nabla\\log p(x_t \\mid c) + (1 - \\gamma)\\nabla\\log p(x_t)` (book eq. ``cfg-gamma``), so
+``gamma = w + 1``: the same number as ``guidance_scale`` and as ``classifier_scale``, under another name (book
+chapter "Guidance, exact on a toy")."""
 
 
 def convert_guidance(value: float, source: str, target: str = "w") -> float:
     """A guidance strength written in the convention ``source``, rewritten in ``target``.
 
-    ``guidance_scale = classifier_scale = w + 1`` and ``classifier_scale_conditional = w`` (module
-    docstring; Ho & Salimans 2022, eqs. 2 and 6; Dhariwal & Nichol 2021, Algorithm 1).
+    ``guidance_scale = classifier_scale = gamma = w + 1`` and ``classifier_scale_conditional = w`` (module
+    docstring; Ho & Salimans 2022, eqs. 2 and 6; Dhariwal & Nichol 2021, Algorithm 1; Luo 2022's ``gamma``,
+    book eq. ``cfg-gamma``).
 
     Args:
         value: a finite float.
@@ -112,4 +130,76 @@ def classifier_free_guidance(conditional: Denoiser, unconditional: Denoiser, *, 
         return (1.0 + w) * conditional(xt, t) - w * unconditional(xt, t)
 
     guided.schedule = schedule if schedule is not None else other
+    return guided
+
+
+def classifier_log_likelihood_grad(classifier: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+                                   labels: torch.Tensor) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """:math:`\\nabla_{x_t}\\log p_\\phi(y \\mid x_t, t)` of a noise-conditional classifier, by autograd.
+
+    Args:
+        classifier: ``(xt, t) -> logits`` of shape ``(B, C)`` (e.g.
+            :class:`~ddpm_lib.models.noisy_classifier.NoisyClassifier`), ``t`` integer ``(B,)`` in ``1..T``.
+        labels: int64 ``(B,)`` in ``0..C-1``, the classes to guide towards (the function closes over them).
+
+    Returns:
+        ``grad(xt, t)`` of ``xt``'s shape and dtype, in units of 1 / ``x`` (nats per unit of ``x``). It turns
+        gradients on inside itself, so it works under the sampling loop's ``torch.no_grad()``.
+
+    Raises:
+        ValueError: (at the call) if the batch and the labels differ in length, or a label is outside ``0..C-1``.
+    """
+
+    def grad(xt: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        with torch.enable_grad():
+            x = xt.detach().requires_grad_(True)
+            logits = classifier(x, t)
+            y = torch.as_tensor(labels, device=logits.device)
+            if y.shape != (logits.shape[0],) or bool((y < 0).any()) or bool((y >= logits.shape[1]).any()):
+                raise ValueError(f"classifier guidance: {tuple(y.shape)} labels for a batch of {logits.shape[0]} with "
+                                 f"{logits.shape[1]} classes; pass one label in 0..{logits.shape[1] - 1} per image.")
+            log_p = torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1).gather(1, y[:, None].long()).sum()
+            return torch.autograd.grad(log_p, x)[0].to(xt.dtype)
+
+    return grad
+
+
+def classifier_guidance(denoiser: Denoiser, log_likelihood_grad: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+                        *, scale: float) -> Denoiser:
+    """The denoiser of the guided score :math:`\\nabla\\log p(x_t) + s\\,\\nabla\\log p(y \\mid x_t)` (book eq. ``classifier-guidance``).
+
+    Dhariwal & Nichol (2021), eq. 11 and Algorithm 1 (their ``s``, the ``"classifier_scale"`` of
+    :data:`GUIDANCE_CONVENTIONS`); turned into a denoiser by Tweedie's formula (book eq. ``tweedie``):
+    :math:`\\hat x_0 + s\\,\\frac{1-\\bar\\alpha_t}{\\sqrt{\\bar\\alpha_t}}\\,\\nabla\\log p(y\\mid x_t)`.
+    With an unconditional ``denoiser``, ``s = 1`` is the conditional model :math:`p(x_t \\mid y)` (Bayes' rule
+    for scores, book eq. ``bayes-score``) and ``s = 0`` the unconditional one; with a conditional one,
+    ``s`` is Ho & Salimans' ``w`` (``"classifier_scale_conditional"``).
+
+    Args:
+        denoiser: ``(xt, t) -> x0_hat`` carrying its schedule (:func:`~ddpm_lib.sampling.denoisers.model_denoiser`,
+            :func:`~ddpm_lib.sampling.denoisers.denoiser_from_score`): the correction needs :math:`\\bar\\alpha_t`.
+        log_likelihood_grad: ``(xt, t) -> grad log p(y | xt)`` of ``xt``'s shape, closing over the labels
+            (:func:`classifier_log_likelihood_grad`, or a toy's exact one).
+        scale: ``s >= 0``, keyword-only.
+
+    Returns:
+        A denoiser ``(xt, t) -> x0_hat`` of ``xt``'s shape and dtype, with the same schedule.
+
+    Raises:
+        ValueError: if ``scale`` is negative or not finite (a negative scale guides away from the class), or
+            if ``denoiser`` carries no schedule.
+    """
+    if not math.isfinite(scale) or scale < 0:
+        raise ValueError(f"classifier_guidance: scale = {scale!r}, but Dhariwal & Nichol's s must be >= 0 (0: the "
+                         f"unconditional model, 1: the conditional one, > 1: sharper). A negative s guides away from the class.")
+    schedule = schedule_of(denoiser)
+    if schedule is None:
+        raise ValueError("classifier_guidance needs a denoiser that carries its schedule (model_denoiser or "
+                         "denoiser_from_score set `.schedule`): the correction is scaled by (1 - alpha_bar_t) / sqrt(alpha_bar_t).")
+
+    def guided(xt: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        score = score_from_x0(xt, t, denoiser(xt, t), schedule)
+        return x0_from_score(xt, t, score + scale * log_likelihood_grad(xt, t), schedule)
+
+    guided.schedule = schedule
     return guided

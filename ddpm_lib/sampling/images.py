@@ -6,6 +6,7 @@ Glue over the loop (:mod:`ddpm_lib.sampling.loop`), the denoisers and the pixel 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import torch
@@ -13,7 +14,7 @@ from tqdm.auto import tqdm
 
 from ..data import to_uint8
 from ..devices import eval_mode, model_device
-from .denoisers import clip_denoiser, model_denoiser
+from .denoisers import Denoiser, clip_denoiser, model_denoiser
 from .loop import iterate, sampler_plan
 
 if TYPE_CHECKING:  # for the annotation only: sampling needs the network, its schedule and its target, not the file reader
@@ -33,6 +34,7 @@ def generate_images(
     batch_size: int = 256,
     progress: bool = False,
     labels: torch.Tensor | None = None,
+    denoiser_for: Callable[[torch.Tensor | None], Denoiser] | None = None,
 ) -> torch.Tensor:
     """Draw ``n`` images from a DDPM with a named sampler; uint8 ``(n, 28, 28)`` on the CPU.
 
@@ -53,6 +55,10 @@ def generate_images(
             by default, for library use and tests.
         labels: int64 ``(n,)`` class labels for a conditional model (each batch's denoiser closes
             over its slice), or ``None``.
+        denoiser_for: builds each batch's denoiser from that batch's labels (``None`` without labels) in
+            place of the network's own, e.g. a guided one
+            (``functools.partial(classifier_free_denoiser, loaded, guidance_scale=3.0)``,
+            :mod:`ddpm_lib.sampling.guided`); its ``x0_hat`` is clipped like the network's.
 
     Raises:
         ValueError: if ``n < 1``, ``labels`` is not of shape ``(n,)``, or from :func:`sampler_plan`.
@@ -72,7 +78,8 @@ def generate_images(
         for start in starts:
             size = min(batch_size, n - start)
             y = None if labels is None else torch.as_tensor(labels)[start : start + size].to(device)
-            denoiser = clip_denoiser(model_denoiser(model, loaded.schedule, loaded.target, y))
+            denoiser = clip_denoiser(model_denoiser(model, loaded.schedule, loaded.target, y) if denoiser_for is None
+                                     else denoiser_for(y))
             for state in iterate(denoiser, loaded.schedule, step, x_T_all[start : start + size].to(device), timesteps, gen):
                 bar.set_postfix(nfe=state.nfe, refresh=False)
             bar.update(1)

@@ -22,7 +22,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
-from ..checkpoint import LoadedModel, read_checkpoint, remove_stale_temp_files, save_checkpoint
+from ..checkpoint import LoadedModel, read_checkpoint, remove_stale_temp_files, resolve_checkpoint, save_checkpoint
 from ..core.forward import q_sample
 from ..core.losses import LOSSES
 from ..core.schedules import Schedule, cosine_schedule, linear_schedule
@@ -30,6 +30,7 @@ from ..core.targets import TARGETS, get_target
 from ..data import load_mnist, save_grid, to_model
 from ..devices import pick_device
 from ..models.unet import UNet, UNetConfig
+from ..sampling.denoisers import schedules_match
 from ..sampling.images import generate_images
 from .runs import (CHECKPOINT_NAME, batch_indices, check_not_past, comparable, flatten_optimizer, metrics_up_to, run_folder,
                    unflatten_optimizer)
@@ -60,6 +61,11 @@ class TrainConfig:
             training example's label is replaced by the "no label" class ``num_classes`` (Ho &
             Salimans 2022, Algorithm 1), so that one network learns both the conditional and the
             unconditional denoiser. Dropped in the batch (:func:`drop_labels`), not inside the network.
+        init_from: ``None`` (weights initialised from ``seed``) or a DDPM checkpoint (a path or a shipped name)
+            whose EMA weights start both the network and its EMA. It must have the same schedule, target and
+            architecture, except that this model may be conditional where that one is not: the label
+            embedding, which it lacks, then starts at zero, so that training starts from that model exactly
+            for every label (the way ``mnist-cfg`` is fine-tuned from ``mnist``).
     """
 
     model: UNetConfig
@@ -81,6 +87,7 @@ class TrainConfig:
     sample_count: int = 64
     bf16: bool = True
     label_dropout: float = 0.0
+    init_from: str | None = None
 
     def __post_init__(self) -> None:
         get_target(self.target)  # ValueError for an unknown target, listing the known ones
@@ -129,6 +136,25 @@ PRESETS: dict[str, TrainConfig] = {
         checkpoint_every=250,
         sample_every=1000,
         sample_steps=50,
+    ),
+    # Classifier-free guidance (Part V): the mnist-cpu network made conditional (with a "no label" class) and
+    # fine-tuned from the shipped `mnist` (v target) with label dropout 0.1, so that it learns the conditional
+    # denoiser and keeps the unconditional one.
+    "mnist-cpu-cfg": TrainConfig(
+        model=UNetConfig(channels=(16, 32, 64), num_res_blocks=1, attention_heads=4, num_classes=10),
+        schedule=cosine_schedule(1000),
+        target="v",
+        steps=4000,
+        batch_size=64,
+        lr=5e-4,
+        warmup_steps=100,
+        ema_decay=0.995,
+        log_every=25,
+        checkpoint_every=250,
+        sample_every=1000,
+        sample_steps=50,
+        label_dropout=0.1,
+        init_from="mnist",
     ),
 }
 
@@ -239,6 +265,8 @@ def _train(config: TrainConfig, out: Path, dev: torch.device, images: torch.Tens
     torch.manual_seed(config.seed)
     model = UNet(config.model).to(dev)
     net = DistributedDataParallel(model) if world > 1 else model
+    if config.init_from is not None and not ckpt_path.exists():
+        _init_from(model, config)
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay), use_buffers=True)
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / config.warmup_steps))
@@ -356,6 +384,27 @@ def _train(config: TrainConfig, out: Path, dev: torch.device, images: torch.Tens
         dist.barrier()
         dist.destroy_process_group()
     return ckpt_path
+
+
+def _init_from(model: UNet, config: TrainConfig) -> None:
+    # start from another model's EMA weights; a label embedding that model lacks starts at zero (see TrainConfig.init_from)
+    ckpt = read_checkpoint(resolve_checkpoint(config.init_from))
+    theirs = UNetConfig.from_dict(ckpt.meta["model"])
+    differences = [f"{k}: {getattr(theirs, k)!r} vs {getattr(config.model, k)!r}" for k in ("channels", "num_res_blocks",
+                   "attention_heads", "groups", "image_size", "in_channels") if getattr(theirs, k) != getattr(config.model, k)]
+    if ckpt.meta["train"]["target"] != config.target:
+        differences.append(f"target: {ckpt.meta['train']['target']!r} vs {config.target!r}")
+    if not schedules_match(Schedule(ckpt.tensors["schedule.beta"]), config.schedule):
+        differences.append("schedule: the betas differ")
+    if theirs.num_classes not in (None, config.model.num_classes):
+        differences.append(f"num_classes: {theirs.num_classes!r} vs {config.model.num_classes!r}")
+    if differences:
+        raise ValueError(f"init_from={config.init_from!r} does not fit this run ({'; '.join(differences)}); start from a "
+                         f"checkpoint of the same architecture, schedule and target.")
+    state = ckpt.prefixed("ema")
+    if model.label_emb is not None and theirs.num_classes is None:
+        state["label_emb.weight"] = torch.zeros_like(model.label_emb.weight)
+    model.load_state_dict(state)
 
 
 def _short(value) -> str:
