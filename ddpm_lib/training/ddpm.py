@@ -137,26 +137,13 @@ PRESETS: dict[str, TrainConfig] = {
         sample_every=1000,
         sample_steps=50,
     ),
-    # Classifier-free guidance (Part V): the mnist-cpu network made conditional (with a "no label" class) and
-    # fine-tuned from the shipped `mnist` (v target) with label dropout 0.1, so that it learns the conditional
-    # denoiser and keeps the unconditional one.
-    "mnist-cpu-cfg": TrainConfig(
-        model=UNetConfig(channels=(16, 32, 64), num_res_blocks=1, attention_heads=4, num_classes=10),
-        schedule=cosine_schedule(1000),
-        target="v",
-        steps=4000,
-        batch_size=64,
-        lr=5e-4,
-        warmup_steps=100,
-        ema_decay=0.995,
-        log_every=25,
-        checkpoint_every=250,
-        sample_every=1000,
-        sample_steps=50,
-        label_dropout=0.1,
-        init_from="mnist",
-    ),
 }
+
+# Classifier-free guidance (Part V): the mnist-cpu network made conditional (with a "no label" class) and fine-tuned
+# from the shipped `mnist` (v target) with label dropout 0.1, so that it learns the conditional denoiser and keeps the
+# unconditional one.
+PRESETS["mnist-cpu-cfg"] = replace(PRESETS["mnist-cpu"], model=replace(PRESETS["mnist-cpu"].model, num_classes=10),
+                                   target="v", steps=4000, lr=5e-4, label_dropout=0.1, init_from="mnist")
 
 
 def batch_loss(
