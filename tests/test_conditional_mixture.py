@@ -179,7 +179,7 @@ def test_tilted_draws_have_the_tilted_moments(gamma):
     for stat, exact in ((x, mean), (x**2, second)):
         se = stat.std(0) / math.sqrt(n)
         assert bool(((stat.mean(0) - exact).abs() <= Z * se).all()), (gamma, stat.mean(0), exact)
-    # the acceptance rate is Z_gamma / pi_y: count the proposals of a run
+    # the acceptance rate is Z_gamma / pi_y: the mean acceptance probability p(y | x)^(gamma - 1) over proposals
     trials = m.sample_class(n, 0, torch.Generator().manual_seed(6))
     accept = ((gamma - 1) * m.class_log_posterior(trials)[:, 0]).exp()
     rate, se = float(accept.mean()), float(accept.std() / math.sqrt(n))
@@ -222,6 +222,8 @@ def test_refusals():
         ConditionalGaussianMixture((c, c), torch.tensor([1.0], dtype=F64))
     with pytest.raises(ValueError, match="at least two"):
         ConditionalGaussianMixture((c,), torch.tensor([1.0], dtype=F64))
+    with pytest.raises(ValueError, match="positive"):
+        ConditionalGaussianMixture((c, c), torch.tensor([1.2, -0.2], dtype=F64))
     one_d = GaussianMixture(torch.ones(1, dtype=F64), torch.zeros(1, 1, dtype=F64), torch.ones(1, dtype=F64))
     with pytest.raises(ValueError, match="different dimensions"):
         ConditionalGaussianMixture((c, one_d), torch.tensor([0.5, 0.5], dtype=F64))
@@ -234,3 +236,33 @@ def test_refusals():
         m.sample_tilted(10, 0, 0.5)
     with pytest.raises(ValueError, match="1..T"):
         m.noised_tilted_log_prob(x, 0, 2.0, 0, SCHEDULE)
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="gamma >= 1"):
+            m.sample_tilted(10, 0, bad)
+    # one batch of 5000 proposals accepts fewer than 5000 at gamma = 3 (rate Z_3 / pi_0 ~ 0.9): the cap is hit
+    with pytest.raises(ValueError, match="acceptance too low"):
+        m.sample_tilted(5000, 0, 3.0, torch.Generator().manual_seed(0), max_proposals=5000)
+    three_d = GaussianMixture(torch.ones(1, dtype=F64), torch.zeros(1, 3, dtype=F64), torch.ones(1, dtype=F64))
+    with pytest.raises(ValueError, match="d <= 2"):
+        ConditionalGaussianMixture((three_d, three_d), torch.tensor([0.5, 0.5], dtype=F64)).noised_tilted_log_prob(
+            torch.zeros(2, 3, dtype=F64), 0, 2.0, 10, SCHEDULE)
+
+
+def test_shapes_dtypes_and_float32_inputs():
+    # the class docstring: points of any float dtype are computed with in float64, every result is float64
+    m = toy().noised(100, SCHEDULE)
+    x64 = points(7, seed=5)
+    x32 = x64.float()
+    x = x32.double()  # the same points, exactly, in float64
+    for f in (m.log_prob, m.class_log_probs, m.class_log_posterior, m.score, lambda z: m.class_score(z, 1),
+              lambda z: m.class_log_posterior_grad(z, 0), lambda z: m.guided_score(z, 0, 2.0),
+              lambda z: m.tilted_log_prob_unnormalized(z, 0, 2.0),
+              lambda z: toy().posterior_mean_x0(z, 100, SCHEDULE, 0),
+              lambda z: toy().noised_tilted_log_prob(z, 0, 2.0, 100, SCHEDULE, n_grid=101)):
+        got = f(x32)
+        assert got.dtype == F64 and torch.equal(got, f(x))
+    assert m.class_log_probs(x).shape == (7, 2) and m.score(x).shape == (7, 2) and m.log_prob(x).shape == (7,)
+    xs, ys = toy().sample(300, torch.Generator().manual_seed(0))
+    assert xs.shape == (300, 2) and xs.dtype == F64 and ys.shape == (300,) and ys.dtype == torch.int64
+    assert set(ys.tolist()) == {0, 1}
+    assert toy().sample_tilted(0, 0, 3.0).shape == (0, 2)

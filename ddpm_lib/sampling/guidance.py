@@ -1,6 +1,6 @@
 """Guidance as denoiser wrappers (classifier guidance, classifier-free guidance), and the map between the ways its strength is written.
 
-Classifier guidance (Dhariwal & Nichol 2021, Algorithm 1 and eq. 11; book eq. ``classifier-guidance``) adds
+Classifier guidance (Dhariwal & Nichol 2021, §4 and Algorithm 1; book eq. ``classifier-guidance``) adds
 ``s`` times a classifier's gradient to the model's score, :math:`\\nabla\\log p(x_t) + s\\,\\nabla\\log p(y \\mid x_t)`;
 :func:`classifier_guidance` does it to a denoiser through Tweedie's formula, so that the result is again a
 denoiser: :math:`\\hat x_0 + s\\,\\frac{1-\\bar\\alpha_t}{\\sqrt{\\bar\\alpha_t}}\\,\\nabla\\log p(y \\mid x_t)`.
@@ -168,12 +168,14 @@ def classifier_guidance(denoiser: Denoiser, log_likelihood_grad: Callable[[torch
                         *, scale: float) -> Denoiser:
     """The denoiser of the guided score :math:`\\nabla\\log p(x_t) + s\\,\\nabla\\log p(y \\mid x_t)` (book eq. ``classifier-guidance``).
 
-    Dhariwal & Nichol (2021), eq. 11 and Algorithm 1 (their ``s``, the ``"classifier_scale"`` of
+    Dhariwal & Nichol (2021), §4 and Algorithm 1 (their ``s``, the ``"classifier_scale"`` of
     :data:`GUIDANCE_CONVENTIONS`); turned into a denoiser by Tweedie's formula (book eq. ``tweedie``):
     :math:`\\hat x_0 + s\\,\\frac{1-\\bar\\alpha_t}{\\sqrt{\\bar\\alpha_t}}\\,\\nabla\\log p(y\\mid x_t)`.
     With an unconditional ``denoiser``, ``s = 1`` is the conditional model :math:`p(x_t \\mid y)` (Bayes' rule
     for scores, book eq. ``bayes-score``) and ``s = 0`` the unconditional one; with a conditional one,
-    ``s`` is Ho & Salimans' ``w`` (``"classifier_scale_conditional"``).
+    ``s`` is Ho & Salimans' ``w`` (``"classifier_scale_conditional"``), of which this wrapper takes only
+    ``w >= 0`` (a ``w`` between -1 and 0, towards the unconditional model, needs
+    :func:`classifier_free_guidance`).
 
     Args:
         denoiser: ``(xt, t) -> x0_hat`` carrying its schedule (:func:`~ddpm_lib.sampling.denoisers.model_denoiser`,

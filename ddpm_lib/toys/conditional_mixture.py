@@ -252,7 +252,7 @@ class ConditionalGaussianMixture:
             raise ValueError(f"sample_tilted: gamma = {gamma!r}; the proposal p(x | y) with acceptance p(y | x)^(gamma - 1) "
                              "needs gamma >= 1.")
         _labels(y, 1, self.num_classes)
-        kept: list[torch.Tensor] = []
+        kept: list[torch.Tensor] = [torch.empty((0, self.dim), dtype=F64)]
         have, proposed, batch = 0, 0, max(n, 1024)
         while have < n:
             if proposed >= max_proposals:
@@ -273,9 +273,9 @@ class ConditionalGaussianMixture:
         :math:`q^\\gamma_t(x_t) = \\int p(x_0)\\,p(y \\mid x_0)^\\gamma\\,q(x_t \\mid x_0)\\,dx_0 / Z_\\gamma` on a square grid of
         ``n_grid`` points per axis on :math:`[-h, h]^d` (``h = half_width``) by the trapezoid rule, ``Z_gamma`` on the same
         grid. Differentiable in ``xt`` (autograd gives the score of eq. ``tilted-noised-score``). Only for ``d <= 2``
-        (the grid has ``n_grid^d`` points). Accurate when the grid step is well below the kernel's standard deviation
-        :math:`\\sqrt{1-\\bar\\alpha_t}` and below the components' standard deviations, and the data's mass lies inside
-        the square; ``t = 0`` is refused (the kernel is a point mass).
+        (the grid has ``n_grid^d`` points). Accurate when the grid step is well below the kernel's standard deviation as a
+        function of :math:`x_0`, :math:`\\sqrt{(1-\\bar\\alpha_t)/\\bar\\alpha_t}`, and below the components' standard
+        deviations, and the data's mass lies inside the square; ``t = 0`` is refused (the kernel is a point mass).
 
         Raises:
             ValueError: for ``d > 2``, ``t`` outside ``1..T``, or a bad label.
