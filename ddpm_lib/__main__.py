@@ -225,7 +225,7 @@ def _cmd_guidance_sweep(args: argparse.Namespace) -> None:
         method, guide = "classifier", lambda g: partial(classifier_guided_denoiser, loaded, classifier, guidance_scale=g)
     table = guidance_sweep(loaded, load_classifier(args.evaluator), guide, args.scales, n=args.n, sampler=args.sampler,
                            steps=args.steps, seed=args.seed, batch_size=args.batch_size, n_bootstrap=args.bootstrap,
-                           cache=args.cache)
+                           cache=args.cache, guide_name=f"{method} {args.checkpoint} {args.classifier or ''}".strip())
     result = {"checkpoint": str(args.checkpoint), "classifier": args.classifier, "method": method,
               "command": _command_line(), **table}
     if args.out:

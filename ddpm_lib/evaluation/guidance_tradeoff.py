@@ -87,6 +87,7 @@ def guidance_sweep(
     floor_sets: int = 5,
     n_bootstrap: int = 200,
     cache: str | Path | None = None,
+    guide_name: str = "",
 ) -> dict:
     """Label accuracy, Fréchet distance (with its N-matched floor and ratio) and within-class diversity at each guidance scale.
 
@@ -107,8 +108,10 @@ def guidance_sweep(
 
     Args:
         cache: a folder for each scale's images (``scale_G.npz``), written as soon as they are drawn and
-            reused when present (with the same ``n``, sampler, steps, seed and batch size, else a ``ValueError``),
-            so that a stopped sweep resumes; ``None`` keeps nothing.
+            reused when present (with the same ``guide_name``, ``n``, sampler, steps, seed and batch size, else a
+            ``ValueError``), so that a stopped sweep resumes; ``None`` keeps nothing. The images' file does not
+            identify the weights: give a retrained model or classifier a new ``guide_name`` or a new folder.
+        guide_name: names the model and the guide (e.g. ``"classifier-free mnist-cfg"``), for the cache.
 
     Returns:
         ``{"n", "sampler", "steps", "floor", "floor_sd", "floor_sets", "floor_values", "real_within_class_distance",
@@ -141,8 +144,8 @@ def guidance_sweep(
     rows = []
     for g in scales:
         path = None if cache is None else cache / f"scale_{g:g}.npz"
-        settings = json.loads(json.dumps({"guidance_scale": g, "n": n, "sampler": sampler, "steps": steps, "seed": seed,
-                                          "batch_size": batch_size}))
+        settings = json.loads(json.dumps({"guide": guide_name, "guidance_scale": g, "n": n, "sampler": sampler,
+                                          "steps": steps, "seed": seed, "batch_size": batch_size}))
         images, seconds = _cached_images(path, settings, lambda: generate_images(loaded, n, sampler, steps, 0.0, seed, batch_size,
                                                                        labels=labels, denoiser_for=guide(g)))
         features = classifier_features(images, evaluator)
