@@ -795,3 +795,59 @@ def test_prose_euler_in_u_against_ddim():
     # the order section's grid: u = 3/4 to 1/8 is t = 12288 to 2048, in steps of exactly 10240 / k cells
     assert (3 * big // 4, big // 8) == (12288, 2048) and all(10240 % k == 0 for k in (4, 8, 16, 32, 64))
     assert "($t = 12288$ to $2048$) in $k$ equal steps of exactly $10240/k$ cells" in text
+
+
+def _sampler_rows():
+    import json
+    from importlib.resources import files
+
+    weights = files("ddpm_lib") / "weights"
+    part3 = json.loads(weights.joinpath("mnist-samplers.json").read_text())
+    part4 = json.loads(weights.joinpath("mnist-samplers-sde.json").read_text())
+    rows = {(r["sampler"], r["nfe"]): r for r in part3["rows"] + part4["rows"]}
+    return part4, rows
+
+
+def _paired(a, b, floor):
+    diff = [(x - y) / floor for x, y in zip(a["fd_bootstrap"], b["fd_bootstrap"])]
+    mean = sum(diff) / len(diff)
+    return a["fd_ratio"] - b["fd_ratio"], math.sqrt(sum((d - mean) ** 2 for d in diff) / (len(diff) - 1))
+
+
+def test_the_mnist_sampler_table_the_prose_describes():
+    part4, rows = _sampler_rows()
+    text = " ".join(markdown("sde").split())
+    ratio = lambda name, nfe: rows[name, nfe]["fd_ratio"]
+    # the new table: three samplers at about 10, 20, 50, 100 evaluations, 2,000 samples each, commands recorded
+    assert part4["n"] == 2000 and len(part4["commands"]) == 3
+    assert sorted({r["sampler"] for r in part4["rows"]}) == ["euler-maruyama", "heun", "pc"]
+    # "DPM-Solver++(2M) reaches a ratio of 5.7, DDIM and the strided ancestral sampler 7.1 each"
+    assert rounds_to(ratio("dpm-solver-2m", 10), stated(text, r"DPM-Solver\+\+\(2M\) reaches a ratio of ([0-9.]+)"))
+    each = stated(text, r"DDIM and the strided ancestral sampler ([0-9.]+) each")
+    assert rounds_to(ratio("ddim", 10), each) and rounds_to(ratio("ddpm-strided", 10), each)
+    # "(Euler–Maruyama 15.1 at ten evaluations, `pc` 13.2 at nine)"; the deterministic solvers lead at ten
+    assert rounds_to(ratio("euler-maruyama", 10), stated(text, r"Euler–Maruyama ([0-9.]+) at ten evaluations"))
+    assert rounds_to(ratio("pc", 9), stated(text, r"`pc` ([0-9.]+) at nine"))
+    assert max(ratio(s, 10) for s in ("ddim", "ddpm-strided", "dpm-solver-2m")) < min(ratio("euler-maruyama", 10), ratio("pc", 9))
+    # "Heun's method is the best of all (18 evaluations, 3.6), below DPM-Solver++(2M) at 20 by the paired difference"
+    assert rounds_to(ratio("heun", 18), stated(text, r"18 evaluations, ([0-9.]+)\)"))
+    assert ratio("heun", 18) == min(r["fd_ratio"] for (s, nfe), r in rows.items() if 18 <= nfe <= 20)
+    d, se = _paired(rows["heun", 18], rows["dpm-solver-2m", 20], part4["floor"])
+    assert d + 2 * se < 0
+    # "Heun gives 3.2 at 48 evaluations and 3.4 at 98, and DPM-Solver++(2M) 3.5 at 50"
+    assert rounds_to(ratio("heun", 48), stated(text, r"Heun gives ([0-9.]+) at 48"))
+    assert rounds_to(ratio("heun", 98), stated(text, r"at 48 evaluations and ([0-9.]+) at 98"))
+    assert rounds_to(ratio("dpm-solver-2m", 50), stated(text, r"DPM-Solver\+\+\(2M\) ([0-9.]+) at 50"))
+    # "`pc` to 2.3 at 99 evaluations and Euler–Maruyama to 2.7 at 100, both below Heun at 98 by more than two paired
+    # standard errors"
+    assert rounds_to(ratio("pc", 99), stated(text, r"`pc` to ([0-9.]+) at 99"))
+    assert rounds_to(ratio("euler-maruyama", 100), stated(text, r"Euler–Maruyama to ([0-9.]+) at 100"))
+    for name, nfe in (("pc", 99), ("euler-maruyama", 100)):
+        d, se = _paired(rows[name, nfe], rows["heun", 98], part4["floor"])
+        assert d + 2 * se < 0, name
+    # "`pc` gives the lowest ratios of the table, at 99 and 49 evaluations, and Euler–Maruyama at 100 the next"
+    lowest = sorted(rows.values(), key=lambda r: r["fd_ratio"])[:3]
+    assert [(r["sampler"], r["nfe"]) for r in lowest] == [("pc", 99), ("pc", 49), ("euler-maruyama", 100)]
+    # "its standard error over the five sets (7% of its value)"
+    rel = part4["floor_sd"] / math.sqrt(part4["floor_sets"]) / part4["floor"]
+    assert rounds_to(100 * rel, stated(text, r"over the five sets \(([0-9]+)% of its value\)"))

@@ -1,6 +1,6 @@
 """Guidance as denoiser wrappers (classifier guidance, classifier-free guidance), and the map between the ways its strength is written.
 
-Classifier guidance (Dhariwal & Nichol 2021, §4 and Algorithm 1; book eq. ``classifier-guidance``) adds
+Classifier guidance (Dhariwal & Nichol 2021, §4 and Algorithms 1 and 2; book eq. ``classifier-guidance``) adds
 ``s`` times a classifier's gradient to the model's score, :math:`\\nabla\\log p(x_t) + s\\,\\nabla\\log p(y \\mid x_t)`;
 :func:`classifier_guidance` does it to a denoiser through Tweedie's formula, so that the result is again a
 denoiser: :math:`\\hat x_0 + s\\,\\frac{1-\\bar\\alpha_t}{\\sqrt{\\bar\\alpha_t}}\\,\\nabla\\log p(y \\mid x_t)`.
@@ -44,7 +44,7 @@ from collections.abc import Callable
 
 import torch
 
-from ..core.targets import score_from_x0, x0_from_score
+from ..core.schedules import gather64
 from .denoisers import Denoiser, schedule_of, schedules_match
 
 __all__ = ["GUIDANCE_CONVENTIONS", "convert_guidance", "classifier_free_guidance", "classifier_guidance",
@@ -168,7 +168,7 @@ def classifier_guidance(denoiser: Denoiser, log_likelihood_grad: Callable[[torch
                         *, scale: float) -> Denoiser:
     """The denoiser of the guided score :math:`\\nabla\\log p(x_t) + s\\,\\nabla\\log p(y \\mid x_t)` (book eq. ``classifier-guidance``).
 
-    Dhariwal & Nichol (2021), §4 and Algorithm 1 (their ``s``, the ``"classifier_scale"`` of
+    Dhariwal & Nichol (2021), §4 and Algorithm 2, whose :math:`\\epsilon` form this is in :math:`x_0` (their ``s``, the ``"classifier_scale"`` of
     :data:`GUIDANCE_CONVENTIONS`); turned into a denoiser by Tweedie's formula (book eq. ``tweedie``):
     :math:`\\hat x_0 + s\\,\\frac{1-\\bar\\alpha_t}{\\sqrt{\\bar\\alpha_t}}\\,\\nabla\\log p(y\\mid x_t)`.
     With an unconditional ``denoiser``, ``s = 1`` is the conditional model :math:`p(x_t \\mid y)` (Bayes' rule
@@ -185,7 +185,13 @@ def classifier_guidance(denoiser: Denoiser, log_likelihood_grad: Callable[[torch
         scale: ``s >= 0``, keyword-only.
 
     Returns:
-        A denoiser ``(xt, t) -> x0_hat`` of ``xt``'s shape and dtype, with the same schedule.
+        A denoiser ``(xt, t) -> x0_hat`` of ``xt``'s shape and dtype, with the same schedule; at ``s = 0``
+        ``denoiser`` itself, evaluated without the gradient. The coefficient grows like
+        :math:`1/\\sqrt{\\bar\\alpha_t}` as :math:`\\bar\\alpha_t \\to 0` (about :math:`2\\cdot 10^4` at ``t = T`` of
+        the cosine schedule). With the exact classifier the correction is :math:`s\\,(\\hat x_0(x_t, y) - \\hat x_0(x_t))`,
+        bounded, because the exact gradient shrinks like :math:`\\sqrt{\\bar\\alpha_t}`; a trained classifier whose
+        gradient does not shrink so fast at the largest ``t`` moves ``x0_hat`` far out of the data range there,
+        and a clipped sampler keeps only its sign (chapter "Guidance on MNIST").
 
     Raises:
         ValueError: if ``scale`` is negative or not finite (a negative scale guides away from the class), or
@@ -200,8 +206,13 @@ def classifier_guidance(denoiser: Denoiser, log_likelihood_grad: Callable[[torch
                          "denoiser_from_score set `.schedule`): the correction is scaled by (1 - alpha_bar_t) / sqrt(alpha_bar_t).")
 
     def guided(xt: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        score = score_from_x0(xt, t, denoiser(xt, t), schedule)
-        return x0_from_score(xt, t, score + scale * log_likelihood_grad(xt, t), schedule)
+        x0_hat = denoiser(xt, t)
+        if scale == 0:  # exactly the denoiser, without the classifier's cost
+            return x0_hat
+        # Tweedie's formula solved for x0_hat with the guided score: the score's own terms cancel, leaving the
+        # correction s (1 - alpha_bar_t) / sqrt(alpha_bar_t) grad, its coefficient formed in float64
+        ab = gather64(schedule.alpha_bar, t, xt)
+        return x0_hat + (scale * (1.0 - ab) / ab.sqrt()).to(xt.dtype) * log_likelihood_grad(xt, t)
 
     guided.schedule = schedule
     return guided
