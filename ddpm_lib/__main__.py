@@ -200,6 +200,16 @@ def _cmd_train_noisy_classifier(args: argparse.Namespace) -> None:
     print(f"checkpoint: {path}")
 
 
+def _fingerprint(method: str, *checkpoints: str | None) -> str:
+    """The method and the checkpoints' names with the first 12 hex digits of each file's SHA-256 (for a sweep's cache)."""
+    import hashlib
+
+    from .checkpoint import resolve_checkpoint
+
+    parts = [method] + [f"{c}:{hashlib.sha256(resolve_checkpoint(c).read_bytes()).hexdigest()[:12]}" for c in checkpoints if c]
+    return " ".join(parts)
+
+
 def _cmd_guidance_sweep(args: argparse.Namespace) -> None:
     from functools import partial
 
@@ -216,8 +226,8 @@ def _cmd_guidance_sweep(args: argparse.Namespace) -> None:
                          "--classifier) or classifier guidance on an unconditional one (mnist with --classifier "
                          "mnist-noisy-classifier); got " + ("a conditional model and a classifier." if conditional else
                                                             "an unconditional model without a classifier."))
-    if any(g < 0 for g in args.scales):
-        raise ValueError(f"--scales are guidance scales g = w + 1 >= 0; got {args.scales}.")
+    if not all(0 <= g < float("inf") for g in args.scales):
+        raise ValueError(f"--scales are guidance scales g = w + 1, finite and >= 0; got {args.scales}.")
     if conditional:
         method, guide = "classifier-free", lambda g: partial(classifier_free_denoiser, loaded, guidance_scale=g)
     else:
@@ -225,7 +235,7 @@ def _cmd_guidance_sweep(args: argparse.Namespace) -> None:
         method, guide = "classifier", lambda g: partial(classifier_guided_denoiser, loaded, classifier, guidance_scale=g)
     table = guidance_sweep(loaded, load_classifier(args.evaluator), guide, args.scales, n=args.n, sampler=args.sampler,
                            steps=args.steps, seed=args.seed, batch_size=args.batch_size, n_bootstrap=args.bootstrap,
-                           cache=args.cache, guide_name=f"{method} {args.checkpoint} {args.classifier or ''}".strip())
+                           cache=args.cache, guide_name=_fingerprint(method, args.checkpoint, args.classifier))
     result = {"checkpoint": str(args.checkpoint), "classifier": args.classifier, "method": method,
               "command": _command_line(), **table}
     if args.out:

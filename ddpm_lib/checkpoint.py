@@ -390,7 +390,7 @@ def export_noisy_classifier(checkpoint: str | Path, out: str | Path, test: dict,
     """
     ckpt = _read_of_kind(checkpoint, "noisy-classifier", "noise-conditional classifier",
                          "pass a checkpoint written by `python -m ddpm_lib train-noisy-classifier`")
-    meta = {k: v for k, v in ckpt.meta.items() if k in ("kind", "classifier", "train", "schedule", "epoch")}
+    meta = {k: v for k, v in ckpt.meta.items() if k in ("kind", "classifier", "train", "schedule", "epoch", "guides")}
     tensors = {**{f"model.{k}": v for k, v in ckpt.prefixed("model").items()}, "schedule.beta": ckpt.tensors["schedule.beta"]}
     save_checkpoint(out, tensors, {**meta, "test": test, "command": command})
     return Path(out)

@@ -105,7 +105,7 @@ def test_classifier_free_denoiser_mixes_the_label_and_the_null_label():
         assert torch.equal(classifier_free_denoiser(loaded, y, guidance_scale=1.0)(x, t), cond)
     with pytest.raises(ValueError, match="class label 10 is outside 0..9"):
         classifier_free_denoiser(loaded, torch.tensor([10]), guidance_scale=2.0)
-    with pytest.raises(ValueError, match="must be >= -1"):
+    with pytest.raises(ValueError, match="finite number >= 0"):
         classifier_free_denoiser(loaded, y, guidance_scale=-0.5)
     with pytest.raises(ValueError, match="needs a conditional model"):
         classifier_free_denoiser(load_model("mnist"), y, guidance_scale=2.0)
@@ -160,10 +160,19 @@ def test_init_from_starts_the_conditional_model_at_the_unconditional_one():
         for label in (0, 7, 10):  # every class and the "no label" class
             assert torch.equal(model(x, t, torch.full((3,), label)), expected)
     wrong = replace(config, model=replace(config.model, channels=(16, 32, 32)))
-    with pytest.raises(ValueError, match=r"channels: \(16, 32, 64\) vs \(16, 32, 32\)"):
+    with pytest.raises(ValueError, match=r"channels: \[16, 32, 64\] vs \[16, 32, 32\]"):
         _init_from(UNet(wrong.model), wrong)
     with pytest.raises(ValueError, match="target"):
         _init_from(UNet(config.model), replace(config, target="eps"))
+    padded = replace(config, model=replace(config.model, pad_to=config.model.pad_to + 4))
+    with pytest.raises(ValueError, match="pad_to"):
+        _init_from(UNet(padded.model), padded)
+    with pytest.raises(ValueError, match="schedule"):
+        _init_from(UNet(config.model), replace(config, schedule=linear_schedule(1000)))
+    with pytest.raises(ValueError, match="'classifier' checkpoint"):
+        _init_from(UNet(config.model), replace(config, init_from="mnist-classifier"))
+    # the dropout rate holds no weights and may differ
+    _init_from(UNet(replace(config.model, dropout=0.2)), replace(config, model=replace(config.model, dropout=0.2)))
 
 
 # --- the noise-conditional classifier -----------------------------------------------------------------------
@@ -209,10 +218,38 @@ def test_noisy_classifier_training_resumes_to_the_same_weights(tmp_path):
 
 # --- the command line -----------------------------------------------------------------------------------------
 
+def test_the_diversity_counts_only_images_read_as_asked():
+    from ddpm_lib.evaluation.guidance_tradeoff import _diversity
+
+    # two digits; digit 1's third image is misread: it must not widen digit 1's spread
+    features = torch.tensor([[0.0, 0.0], [3.0, 4.0], [1.0, 1.0], [1.0, 2.0], [100.0, 100.0]])
+    labels = torch.tensor([0, 0, 1, 1, 1])
+    read = torch.tensor([True, True, True, True, False])
+    assert _diversity(features, labels, read, None, num_classes=2) == pytest.approx((5.0 + 1.0) / 2)
+    # a replicate with one distinct image of digit 0 has no within-class pair: nan, not an error
+    assert math.isnan(_diversity(features, labels, read, torch.tensor([0, 0, 2, 3, 4]), num_classes=2))
+
+
+def test_sample_a_conditional_model_with_classifier_free_guidance(tmp_path, capsys):
+    out = tmp_path / "c.npz"
+    assert main(["sample", "--checkpoint", "mnist-cfg", "--n", "2", "--steps", "2", "--class-labels", "0-9",
+                 "--guidance-scale", "3", "--out", str(out)]) == 0
+    with np.load(out) as f:
+        assert f["labels"].tolist() == [0, 1]
+    capsys.readouterr()
+    for extra, message in ((["--guidance-scale", "2"], "give them with --class-labels"),
+                           ([], "is a conditional model: give --class-labels"),
+                           (["--class-labels", "1", "--classifier", "mnist-noisy-classifier"], "is conditional: drop --classifier"),
+                           (["--class-labels", "1", "--guidance-scale", "nan"], "finite number >= 0")):
+        assert main(["sample", "--checkpoint", "mnist-cfg", "--n", "1", "--steps", "1", "--out", str(out), *extra]) == 2
+        assert message in capsys.readouterr().err, extra
+
+
 def test_class_labels_parse_as_lists_and_cycled_ranges():
     assert _parse_class_labels("3,3,7", 7).tolist() == [3, 3, 7, 3, 3, 7, 3]
     assert _parse_class_labels("0-9", 12).tolist() == list(range(10)) + [0, 1]
-    for bad, message in (("3,x", "comma-separated list"), ("9-0", "comma-separated list"), ("0-10", "digits 0-9")):
+    for bad, message in (("3,x", "comma-separated list"), ("9-0", "comma-separated list"), ("0-10", "digits 0-9"),
+                         ("-3", "comma-separated list")):
         with pytest.raises(ValueError, match=message):
             _parse_class_labels(bad, 3)
 
@@ -235,7 +272,7 @@ def test_sample_with_labels_writes_them_and_refuses_bad_combinations(tmp_path, m
         (["--class-labels", "3"], "unconditional model, so --class-labels needs a noise-conditional classifier"),
         (["--guidance-scale", "2"], "give them with --class-labels"),
         (["--class-labels", "3", "--classifier", "mnist-classifier"], "not a noise-conditional classifier"),
-        (["--class-labels", "3", "--classifier", str(path), "--guidance-scale", "-1"], "must be >= 0"),
+        (["--class-labels", "3", "--classifier", str(path), "--guidance-scale", "-1"], "finite number >= 0"),
         (["--class-labels", "11", "--classifier", str(path)], "digits 0-9"),
     ]
     for extra, message in cases:
@@ -262,10 +299,14 @@ def test_guidance_sweep_runs_and_resumes_from_its_cache(tmp_path, monkeypatch):
     monkeypatch.setattr(sweep_module, "generate_images", lambda *a, **k: pytest.fail("the cache was not used"))
     again = guidance_sweep(loaded, evaluator, guide, [1.0, 3.0], **kwargs)
     for r, s in zip(first["rows"], again["rows"]):
-        assert r["fd"] == s["fd"] and r["accuracy"] == s["accuracy"] and r["diversity"] == s["diversity"]
+        assert r["fd"] == s["fd"] and r["accuracy"] == s["accuracy"]
+        assert r["diversity"] == s["diversity"] or math.isnan(r["diversity"]) and math.isnan(s["diversity"])
     row = first["rows"][1]
-    assert row["guidance_scale"] == 3.0 and row["w"] == 2.0 and 0 <= row["accuracy"] <= 1
-    assert math.isfinite(row["diversity_se"]) and row["fd_ratio"] == pytest.approx(row["fd"] / first["floor"])
+    assert row["guidance_scale"] == 3.0 and row["w"] == 2.0
+    k = round(row["accuracy"] * 100)  # Agresti-Coull: sqrt(p~ (1 - p~) / (n + 4)), p~ = (k + 2) / (n + 4)
+    assert row["accuracy_se"] == pytest.approx(math.sqrt((k + 2) / 104 * (1 - (k + 2) / 104) / 104), rel=1e-12)
+    with pytest.raises(ValueError, match="holds images drawn with"):
+        guidance_sweep(loaded, evaluator, guide, [1.0], **kwargs, guide_name="another model")
     with pytest.raises(ValueError, match="holds images drawn with"):
         guidance_sweep(loaded, evaluator, guide, [1.0], **{**kwargs, "steps": 3})
     with pytest.raises(ValueError, match="n >= 100"):

@@ -5,8 +5,9 @@ import json
 
 import pytest
 
-from ddpm_lib.checkpoint import load_classifier, load_model, load_vae, read_checkpoint, resolve_checkpoint
+from ddpm_lib.checkpoint import load_classifier, load_model, load_noisy_classifier, load_vae, read_checkpoint, resolve_checkpoint
 from ddpm_lib.models.classifier import ClassifierConfig
+from ddpm_lib.models.noisy_classifier import NoisyClassifierConfig
 from ddpm_lib.models.config import DictConfig
 from ddpm_lib.models.unet import UNetConfig
 from ddpm_lib.models.vae import VAEConfig
@@ -26,6 +27,8 @@ SHIPPED = [
     ("mnist-cpu-short-eps", "model", UNetConfig),
     ("mnist-classifier", "classifier", ClassifierConfig),
     ("vae-mnist", "model", VAEConfig),
+    ("mnist-cfg", "model", UNetConfig),
+    ("mnist-noisy-classifier", "classifier", NoisyClassifierConfig),
 ]
 
 
@@ -92,3 +95,9 @@ def test_shipped_weights_still_load():
     assert load_classifier("mnist-classifier").config == ClassifierConfig()
     vae, _ = load_vae("vae-mnist")
     assert vae.config == VAEConfig(latent_dim=32, hidden=(256, 256))
+    cfg = load_model("mnist-cfg")
+    assert cfg.model.config.num_classes == 10 and cfg.meta["train"]["init_from"] == "mnist"
+    noisy = load_noisy_classifier("mnist-noisy-classifier")
+    assert noisy.model.config == NoisyClassifierConfig() and noisy.schedule.T == 1000
+    accuracy = {int(t): a for t, a in noisy.meta["test"]["accuracy_at_t"].items()}
+    assert accuracy[1] > 0.98 and accuracy[1000] < 0.2  # a classifier of clean digits at t = 1, chance at t = T

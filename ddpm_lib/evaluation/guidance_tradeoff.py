@@ -57,6 +57,17 @@ def within_class_distance(features: torch.Tensor, labels: torch.Tensor, num_clas
     return sum(means) / num_classes
 
 
+def _diversity(features: torch.Tensor, labels: torch.Tensor, read: torch.Tensor, index: torch.Tensor | None,
+               num_classes: int = 10) -> float:
+    # within_class_distance of the images read as asked (of a bootstrap replicate's, with index); nan if some digit
+    # has fewer than two distinct ones
+    index = torch.arange(labels.numel()) if index is None else index
+    keep = index[read[index]]
+    if any(keep[labels[keep] == c].unique().numel() < 2 for c in range(num_classes)):
+        return math.nan
+    return within_class_distance(features[keep], labels[keep], num_classes, index=keep)
+
+
 def _cached_images(path: Path | None, settings: dict, make: Callable[[], torch.Tensor]) -> tuple[torch.Tensor, float]:
     if path is not None and path.exists():
         with np.load(path) as f:
@@ -97,12 +108,16 @@ def guidance_sweep(
     from its labels (e.g. ``lambda g: partial(classifier_free_denoiser, loaded, guidance_scale=g)``).
 
     * ``accuracy``: the fraction of images that the evaluation classifier assigns to the requested digit,
-      with its binomial standard error :math:`\\sqrt{p(1-p)/n}`;
+      with the Agresti-Coull standard error :math:`\\sqrt{\\tilde p(1-\\tilde p)/(n+4)}`,
+      :math:`\\tilde p = (k+2)/(n+4)` for ``k`` images read as asked (the binomial one, which is 0 at ``k = n``,
+      is about the same elsewhere);
     * ``fd``, ``fd_se``, ``fd_ratio``, ``fd_ratio_se``: as in :func:`~ddpm_lib.evaluation.frechet.sampler_table`
       (all ``n`` images against the test set; the floor from ``floor_sets`` disjoint random sets of ``n``
       training digits; bootstrap errors);
-    * ``diversity``: :func:`within_class_distance` of the images, by requested label, divided by the same of
-      the test set's digits (by true label): 1 is as diverse as real digits. ``diversity_se``: the standard
+    * ``diversity``: :func:`within_class_distance` of the images that the evaluation classifier reads as the digit
+      asked for, grouped by that digit, divided by the same of the test set's digits (by true label): 1 is as
+      diverse as real digits. (Grouping every image by the digit asked for would count a misread image as
+      variety.) ``nan`` if some digit has fewer than two images read as asked. ``diversity_se``: the standard
       deviation of ``n_bootstrap`` replicates that resample the images of each class with replacement (the
       test set's value held fixed).
 
@@ -152,14 +167,20 @@ def guidance_sweep(
         fd = frechet_distances_of_features([features], real)[0]
         fd_se = _sd(frechet_distances_of_features([features[b] for b in fd_index], real))
         with torch.no_grad(), eval_mode(evaluator):
-            accuracy = float((evaluator.head(features).argmax(1) == labels).double().mean())
-        diversity = within_class_distance(features, labels) / real_within
-        div_boot = [within_class_distance(features[b], labels[b], index=b) / real_within for b in class_index]
+            read = evaluator.head(features).argmax(1) == labels
+        correct = int(read.sum())
+        accuracy = correct / n
+        # Agresti-Coull: never 0, also where every image (or none) is read as asked
+        p_tilde = (correct + 2) / (n + 4)
+        # diversity among the images read as the digit asked for, so that a misread image cannot pass for variety
+        diversity = _diversity(features, labels, read, None) / real_within
+        div_boot = [v / real_within for b in class_index if math.isfinite(v := _diversity(features, labels, read, b))]
         rows.append({"guidance_scale": g, "w": g - 1, "denoiser_evaluations": count_nfe(step, loaded.schedule, timesteps),
-                     "accuracy": accuracy, "accuracy_se": math.sqrt(accuracy * (1 - accuracy) / n),
+                     "accuracy": accuracy, "accuracy_se": math.sqrt(p_tilde * (1 - p_tilde) / (n + 4)),
                      "fd": fd, "fd_se": fd_se, "fd_ratio": fd / floor,
                      "fd_ratio_se": fd / floor * math.hypot(fd_se / fd, floor_rel_se),
-                     "diversity": diversity, "diversity_se": _sd(div_boot), "seconds": round(seconds, 1)})
+                     "diversity": diversity, "diversity_se": _sd(div_boot) if len(div_boot) > 1 else math.nan,
+                     "seconds": round(seconds, 1)})
     return {"n": n, "sampler": sampler, "steps": steps, "floor": floor, "floor_sd": floor_sd, "floor_sets": floor_sets,
             "floor_values": floor_values, "real_within_class_distance": real_within, "n_bootstrap": n_bootstrap,
             "threads": torch.get_num_threads(), "device": str(model_device(loaded.model)), "rows": rows}

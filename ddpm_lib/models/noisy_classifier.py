@@ -5,8 +5,8 @@ image in the model's range, of any scale the forward process gives it) and ``t``
 (the book's time convention, notation page). Dhariwal & Nichol (2021, §4) guide with the downsampling half of
 their U-Net; this is the same idea at MNIST's size: four convolutions in two resolutions, each block told the
 time by a sinusoidal embedding (:func:`~ddpm_lib.models.unet.timestep_embedding`) added to its channels,
-then, over the 7x7 map, a ``features``-wide layer and the logits. The read-out sees where each feature is: a global
-average pool, which sees only which local features are present, guides far worse at high noise (it was tried). Trained by :func:`ddpm_lib.training.noisy_classifier.train_noisy_classifier`.
+then, over the 7x7 map, a ``features``-wide layer and the logits, so that the read-out sees where each feature
+is, not only which local features are present. Trained by :func:`ddpm_lib.training.noisy_classifier.train_noisy_classifier`.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ class NoisyClassifierConfig(DictConfig):
     """The architecture: two blocks of two 3x3 convolutions (``channels``), GroupNorm and SiLU, a time embedding.
 
     Attributes:
-        channels: the widths of the two resolutions (28x28, then 14x14; a 7x7 average pool follows).
+        channels: the widths of the two resolutions (28x28, then 14x14); a 2x2 average pool then gives the 7x7 map.
         emb_dim: width of the time embedding (even).
         features: width of the layer between the 7x7 map and the logits.
         num_classes: the number of labels.

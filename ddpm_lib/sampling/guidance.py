@@ -144,7 +144,10 @@ def classifier_log_likelihood_grad(classifier: Callable[[torch.Tensor, torch.Ten
 
     Returns:
         ``grad(xt, t)`` of ``xt``'s shape and dtype, in units of 1 / ``x`` (nats per unit of ``x``). It turns
-        gradients on inside itself, so it works under the sampling loop's ``torch.no_grad()``.
+        gradients on inside itself, so it works under the sampling loop's ``torch.no_grad()`` (not under
+        ``torch.inference_mode()``, which no code can undo). The log-probabilities of the batch are summed
+        before the one backward pass, which is each image's own gradient only if the classifier treats the
+        images independently (eval mode: no batch statistics).
 
     Raises:
         ValueError: (at the call) if the batch and the labels differ in length, or a label is outside ``0..C-1``.

@@ -32,12 +32,18 @@ def check_class_labels(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
             conditional U-Net is not a class to ask for: guidance builds the unconditional denoiser itself).
     """
     y = torch.as_tensor(labels)
-    if y.ndim != 1 or y.dtype.is_floating_point:
+    if y.ndim != 1 or y.dtype.is_floating_point or y.dtype == torch.bool:
         raise ValueError(f"class labels must be a 1-D integer tensor, got shape {tuple(y.shape)} and dtype {y.dtype}.")
     bad = y[(y < 0) | (y >= num_classes)]
     if bad.numel():
         raise ValueError(f"class label {int(bad[0])} is outside 0..{num_classes - 1}; ask for digits 0..{num_classes - 1}.")
     return y.long()
+
+
+def _check_scale(g: float) -> None:
+    if not g >= 0 or g == float("inf"):
+        raise ValueError(f"guidance_scale = {g!r}, but g = w + 1 must be a finite number >= 0 (0: the unconditional model, "
+                         f"1: the conditional one, > 1: guided).")
 
 
 def classifier_free_denoiser(loaded: LoadedModel, labels: torch.Tensor, *, guidance_scale: float) -> Denoiser:
@@ -55,8 +61,9 @@ def classifier_free_denoiser(loaded: LoadedModel, labels: torch.Tensor, *, guida
         A denoiser of two network calls per evaluation, carrying the model's schedule.
 
     Raises:
-        ValueError: for an unconditional model, labels outside the classes, or ``g < 0``.
+        ValueError: for an unconditional model, labels outside the classes, or ``g`` not a finite number ``>= 0``.
     """
+    _check_scale(guidance_scale)
     num_classes = loaded.model.config.num_classes
     if num_classes is None:
         raise ValueError("classifier-free guidance needs a conditional model (trained with label dropout, e.g. "
@@ -82,9 +89,10 @@ def classifier_guided_denoiser(loaded: LoadedModel, classifier: LoadedNoisyClass
         A denoiser of one network call and one classifier gradient per evaluation, carrying the model's schedule.
 
     Raises:
-        ValueError: for a conditional model, labels outside the classifier's classes, ``g < 0``, or a classifier
-            trained on another schedule's noise.
+        ValueError: for a conditional model, labels outside the classifier's classes, ``g`` not a finite number
+            ``>= 0``, or a classifier trained on another schedule's noise.
     """
+    _check_scale(guidance_scale)
     if loaded.model.config.num_classes is not None:
         raise ValueError("classifier guidance here guides an unconditional model; this one is conditional: use "
                          "classifier-free guidance (no classifier), or an unconditional checkpoint such as `mnist`.")

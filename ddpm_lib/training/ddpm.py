@@ -63,7 +63,8 @@ class TrainConfig:
             unconditional denoiser. Dropped in the batch (:func:`drop_labels`), not inside the network.
         init_from: ``None`` (weights initialised from ``seed``) or a DDPM checkpoint (a path or a shipped name)
             whose EMA weights start both the network and its EMA. It must have the same schedule, target and
-            architecture, except that this model may be conditional where that one is not: the label
+            architecture (its dropout rate may differ), except that this model may be conditional where that one is
+            not: the label
             embedding, which it lacks, then starts at zero, so that training starts from that model exactly
             for every label (the way ``mnist-cfg`` is fine-tuned from ``mnist``).
     """
@@ -376,9 +377,14 @@ def _train(config: TrainConfig, out: Path, dev: torch.device, images: torch.Tens
 def _init_from(model: UNet, config: TrainConfig) -> None:
     # start from another model's EMA weights; a label embedding that model lacks starts at zero (see TrainConfig.init_from)
     ckpt = read_checkpoint(resolve_checkpoint(config.init_from))
+    if ckpt.meta.get("kind", "ddpm") != "ddpm":
+        raise ValueError(f"init_from={config.init_from!r} is a {ckpt.meta['kind']!r} checkpoint; start from a DDPM's.")
     theirs = UNetConfig.from_dict(ckpt.meta["model"])
-    differences = [f"{k}: {getattr(theirs, k)!r} vs {getattr(config.model, k)!r}" for k in ("channels", "num_res_blocks",
-                   "attention_heads", "groups", "image_size", "in_channels") if getattr(theirs, k) != getattr(config.model, k)]
+    # every field of the architecture must agree but the label embedding's size and the dropout rate (which the
+    # fine-tuning may change: it holds no weights)
+    mine_d, theirs_d = config.model.to_dict(), theirs.to_dict()
+    differences = [f"{k}: {theirs_d[k]!r} vs {mine_d[k]!r}" for k in mine_d
+                   if k not in ("num_classes", "dropout") and mine_d[k] != theirs_d.get(k)]
     if ckpt.meta["train"]["target"] != config.target:
         differences.append(f"target: {ckpt.meta['train']['target']!r} vs {config.target!r}")
     if not schedules_match(Schedule(ckpt.tensors["schedule.beta"]), config.schedule):

@@ -138,6 +138,11 @@ def noisy_accuracy(classifier: NoisyClassifier, schedule: Schedule, images: torc
                    ts: list[int], seed: int = 0, batch_size: int = 500) -> dict[int, float]:
     """The classifier's accuracy on ``images`` noised to each ``t`` in ``ts`` (one noise draw per image, seeded).
 
+    Args:
+        classifier: on the CPU, in eval mode (as :func:`~ddpm_lib.checkpoint.load_noisy_classifier` returns it).
+        images, labels: uint8 ``(N, 28, 28)`` and int64 ``(N,)``.
+        ts: timesteps in ``1..T``; the noise of ``t`` comes from a generator seeded ``seed + t``.
+
     Returns:
         ``{t: accuracy in [0, 1]}``.
     """
