@@ -115,8 +115,8 @@ def guidance_sweep(
       (all ``n`` images against the test set; the floor from ``floor_sets`` disjoint random sets of ``n``
       training digits; bootstrap errors);
     * ``diversity``: :func:`within_class_distance` of the images that the evaluation classifier reads as the digit
-      asked for, grouped by that digit, divided by the same of the test set's digits (by true label): 1 is as
-      diverse as real digits. (Grouping every image by the digit asked for would count a misread image as
+      asked for, grouped by that digit, divided by the same of the test set's digits that it reads as their
+      labels: 1 is as diverse as real digits. (Grouping every image by the digit asked for would count a misread image as
       variety.) ``nan`` if some digit has fewer than two images read as asked. ``diversity_se``: the standard
       deviation of ``n_bootstrap`` replicates that resample the images of each class with replacement (the
       test set's value held fixed).
@@ -130,8 +130,10 @@ def guidance_sweep(
 
     Returns:
         ``{"n", "sampler", "steps", "floor", "floor_sd", "floor_sets", "floor_values", "real_within_class_distance",
-        "n_bootstrap", "threads", "device", "rows"}`` with rows ``{"guidance_scale", "w", "nfe", "accuracy",
-        "accuracy_se", "fd", "fd_se", "fd_ratio", "fd_ratio_se", "diversity", "diversity_se", "seconds"}``.
+        "n_bootstrap", "threads", "device", "rows"}`` with rows ``{"guidance_scale", "w", "denoiser_evaluations"
+        (per image; each costs two network calls with classifier-free guidance, one network call and, for ``g > 0``,
+        one classifier gradient with classifier guidance), "accuracy", "accuracy_se", "fd", "fd_se", "fd_ratio",
+        "fd_ratio_se", "diversity", "diversity_se", "seconds"}``.
 
     Raises:
         ValueError: for ``n < 100`` (ten images of each digit), no scales, or as ``sampler_table``.
@@ -147,7 +149,9 @@ def guidance_sweep(
         [classifier_features(s, evaluator) for s in random_real_sets(load_mnist("train")[0], n, floor_sets, seed)], real)
     floor, floor_sd = sum(floor_values) / floor_sets, _sd(floor_values)
     floor_rel_se = floor_sd / math.sqrt(floor_sets) / floor
-    real_within = within_class_distance(real, test_labels)
+    with torch.no_grad(), eval_mode(evaluator):  # like for like: the test digits that the evaluator reads correctly
+        real_read = evaluator.head(real).argmax(1) == test_labels
+    real_within = within_class_distance(real[real_read], test_labels[real_read])
     step, timesteps = sampler_plan(sampler, loaded.schedule.T, steps)
     # the distance's bootstrap resamples all n images (as frechet_bootstrap does); diversity's resamples within each
     # class (a stratified bootstrap), so that every class keeps its count
