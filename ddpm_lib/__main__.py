@@ -147,6 +147,12 @@ def _cmd_train_vae(args: argparse.Namespace) -> None:
     print(f"checkpoint: {path}" + (f"\nweights: {args.export}" if args.export else ""))
 
 
+def _write_json(path: str, result: dict) -> None:
+    """``result`` as indented JSON at ``path``, its folder created if missing."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(result, indent=2) + "\n")
+
+
 def _command_line() -> str:
     return " ".join(["python -m ddpm_lib", *map(shlex.quote, sys.argv[1:])])
 
@@ -239,8 +245,7 @@ def _cmd_guidance_sweep(args: argparse.Namespace) -> None:
     result = {"checkpoint": str(args.checkpoint), "classifier": args.classifier, "method": method,
               "command": _command_line(), **table}
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+        _write_json(args.out, result)
     print(f"{method} guidance, {table['sampler']} with {table['steps']} steps, n = {table['n']}; "
           f"floor = {table['floor']:.2f} +- {table['floor_sd']:.2f} (sd)")
     print(f"{'g':>5} {'w':>5} {'accuracy':>15} {'FD ratio':>13} {'diversity':>13} {'s':>7}")
@@ -316,8 +321,7 @@ def _cmd_sampler_table(args: argparse.Namespace) -> None:
                           floor_sets=args.floor_sets, n_bootstrap=args.bootstrap)
     result = {"checkpoint": str(args.checkpoint), "command": _command_line(), **table}
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+        _write_json(args.out, result)
     print(f"n = {table['n']}; floor (n random training digits, {table['floor_sets']} disjoint sets) = "
           f"{table['floor']:.2f} +- {table['floor_sd']:.2f} (sd)")
     print(f"{'sampler':>14} {'steps':>5} {'NFE':>5} {'FD':>14} {'ratio':>13} {'s':>7}")

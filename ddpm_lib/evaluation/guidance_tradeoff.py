@@ -168,8 +168,9 @@ def guidance_sweep(
         images, seconds = _cached_images(path, settings, lambda: generate_images(loaded, n, sampler, steps, 0.0, seed, batch_size,
                                                                        labels=labels, denoiser_for=guide(g)))
         features = classifier_features(images, evaluator)
-        fd = frechet_distances_of_features([features], real)[0]
-        fd_se = _sd(frechet_distances_of_features([features[b] for b in fd_index], real))
+        # the distance and its bootstrap replicates in one call: the reference's statistics are formed once
+        fd, *replicates = frechet_distances_of_features([features] + [features[b] for b in fd_index], real)
+        fd_se = _sd(replicates)
         with torch.no_grad(), eval_mode(evaluator):
             read = evaluator.head(features).argmax(1) == labels
         correct = int(read.sum())
