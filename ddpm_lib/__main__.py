@@ -274,8 +274,11 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
         test_images = test_images[: args.limit]
     result = {"checkpoint": str(args.checkpoint), "command": _command_line()}
     if "nll" in metrics:
-        result.update(elbo_bits_per_dim(loaded, test_images, batch_size=args.batch_size, seed=args.seed,
-                                        n_strata=args.strata))
+        from .evaluation.elbo import with_fixed_variances
+
+        result.update(elbo_bits_per_dim(with_fixed_variances(loaded) if args.fixed_variances else loaded, test_images,
+                                        batch_size=args.batch_size, seed=args.seed, n_strata=args.strata))
+        result["fixed_variances"] = bool(args.fixed_variances)
     if "ode-nll" in metrics:
         # the probability-flow ODE's bound on the discrete NLL (book chapter "Exact likelihood through the
         # probability-flow ODE"); keys prefixed ode_ so that they sit beside the ELBO's
@@ -452,6 +455,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--limit", type=int, help="use the first N test images (default: all 10,000)")
     ev.add_argument("--strata", type=int, help="nll: sum the terms t = 2..T by one draw per image from each of at most K "
                     "equal-width log-SNR groups (unbiased, about K + 1 network calls per image); default: every t, T calls")
+    ev.add_argument("--fixed-variances", action="store_true", help="nll: set a network's learned variances aside and use "
+                    "the fixed ones (tilde-beta_t; beta_1 for the decoder), to measure what the learned ones buy")
     ev.add_argument("--out", help="write the metrics as JSON here too")
     ev.add_argument("--classifier", default="mnist-classifier", help="the evaluation network (path or shipped name)")
     ev.add_argument("--samples", help="an .npz from `sample` to score instead of drawing new images")

@@ -53,12 +53,28 @@ def test_from_dict_refuses_unknown_and_missing_keys_naming_the_class_and_allowed
     with pytest.raises(ValueError, match=rf"{cls.__name__} mismatch: unknown keys \['colour'\], missing keys \[\]") as err:
         cls.from_dict(d)
     assert str(allowed) in str(err.value)
+    # a field that every checkpoint must hold (one of FIELDS_ADDED_LATER may be absent: it reads as its old value)
+    required = [k for k in allowed if k not in cls.FIELDS_ADDED_LATER][-1]
     d = cfg.to_dict()
-    del d[allowed[-1]]
-    with pytest.raises(ValueError, match=rf"unknown keys \[\], missing keys \['{allowed[-1]}'\]"):
+    del d[required]
+    with pytest.raises(ValueError, match=rf"unknown keys \[\], missing keys \['{required}'\]"):
         cls.from_dict(d)
     with pytest.raises(TypeError, match=f"{cls.__name__}.from_dict expects a dict"):
         cls.from_dict(list(cfg.to_dict().items()))
+
+
+def test_a_unet_config_without_learn_variance_reads_as_fixed_variances_but_other_fields_stay_required():
+    # learn_variance came after the shipped checkpoints (UNetConfig.FIELDS_ADDED_LATER); they read as False
+    assert UNetConfig.FIELDS_ADDED_LATER == {"learn_variance": False}
+    learned = UNetConfig(channels=(16, 32), learn_variance=True).to_dict()
+    assert UNetConfig.from_dict(learned).learn_variance is True  # a stored True is kept, not replaced by the default
+    old = {k: v for k, v in learned.items() if k != "learn_variance"}
+    assert UNetConfig.from_dict(old) == UNetConfig(channels=(16, 32), learn_variance=False)
+    without_groups = {k: v for k, v in learned.items() if k != "groups"}
+    with pytest.raises(ValueError, match=r"UNetConfig mismatch: unknown keys \[\], missing keys \['groups'\]"):
+        UNetConfig.from_dict(without_groups)
+    # a config class without later fields still requires every one
+    assert ClassifierConfig.FIELDS_ADDED_LATER == {} and VAEConfig.FIELDS_ADDED_LATER == {}
 
 
 def test_from_dict_still_runs_each_configs_own_validation():
@@ -85,8 +101,10 @@ def test_tuple_fields_are_found_through_optional_annotations():
 @pytest.mark.parametrize("name, key, cls", SHIPPED, ids=[s[0] for s in SHIPPED])
 def test_shipped_configs_read_back_to_the_same_json(name, key, cls):
     # what the checkpoints hold is what to_dict writes: reading and writing again changes nothing
+    # (plus the fields added after the file was written, with the value every such file implicitly has)
     stored = read_checkpoint(resolve_checkpoint(name)).meta[key]
-    assert cls.from_dict(stored).to_dict() == stored
+    added = {k: v for k, v in cls.FIELDS_ADDED_LATER.items() if k not in stored}
+    assert cls.from_dict(stored).to_dict() == {**stored, **added}
 
 
 def test_shipped_weights_still_load():

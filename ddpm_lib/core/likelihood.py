@@ -113,12 +113,20 @@ def prior_kl(x0: torch.Tensor, schedule: Schedule) -> torch.Tensor:
     return _per_image(kl_divergence(q, p))
 
 
-def denoising_kl(x0: torch.Tensor, xt: torch.Tensor, t: torch.Tensor, x0_hat: torch.Tensor, schedule: Schedule) -> torch.Tensor:
+def denoising_kl(
+    x0: torch.Tensor, xt: torch.Tensor, t: torch.Tensor, x0_hat: torch.Tensor, schedule: Schedule,
+    log_variance: torch.Tensor | None = None,
+) -> torch.Tensor:
     """:math:`L_{t-1}` per image, nats, shape ``(B,)``, for ``t`` in ``2..T``.
 
-    :math:`D_\\mathrm{KL}(\\mathcal N(\\tilde\\mu_t(x_t, x_0), \\tilde\\beta_t)\\,\\|\\,\\mathcal N(\\tilde\\mu_t(x_t, \\hat x_0), \\tilde\\beta_t))`,
-    which equals :math:`\\|\\tilde\\mu_t(x_t,x_0) - \\tilde\\mu_t(x_t,\\hat x_0)\\|^2 / (2\\tilde\\beta_t)`
+    :math:`D_\\mathrm{KL}(\\mathcal N(\\tilde\\mu_t(x_t, x_0), \\tilde\\beta_t)\\,\\|\\,\\mathcal N(\\tilde\\mu_t(x_t, \\hat x_0), \\sigma_t^2))`.
+    With the fixed :math:`\\sigma_t^2 = \\tilde\\beta_t` (``log_variance=None``) it equals
+    :math:`\\|\\tilde\\mu_t(x_t,x_0) - \\tilde\\mu_t(x_t,\\hat x_0)\\|^2 / (2\\tilde\\beta_t)`
     (book eq. ``kl-to-mse``; Ho et al. 2020, eq. 8); computed here with ``torch.distributions``.
+
+    Args:
+        log_variance: ``None`` (the fixed :math:`\\tilde\\beta_t`) or a learned :math:`\\log\\sigma_t^2` of
+            ``xt``'s shape (:func:`ddpm_lib.core.variance.learned_log_variance`; Nichol & Dhariwal 2021, eq. 15).
 
     Raises:
         ValueError: if some ``t < 2`` (use :func:`decoder_nll` at ``t = 1``).
@@ -126,40 +134,45 @@ def denoising_kl(x0: torch.Tensor, xt: torch.Tensor, t: torch.Tensor, x0_hat: to
     if int(torch.as_tensor(t).min()) < 2:
         raise ValueError("denoising_kl is L_(t-1) for t in 2..T; at t = 1 use decoder_nll.")
     std = posterior_variance(t, schedule, xt).sqrt().expand_as(xt)
+    p_std = std if log_variance is None else torch.exp(0.5 * log_variance)
     q = Normal(posterior_mean(x0, xt, t, schedule), std)
-    p = Normal(posterior_mean(x0_hat, xt, t, schedule), std)
+    p = Normal(posterior_mean(x0_hat, xt, t, schedule), p_std)
     return _per_image(kl_divergence(q, p))
 
 
-def decoder_nll(x0: torch.Tensor, x0_hat: torch.Tensor, schedule: Schedule) -> torch.Tensor:
+def decoder_nll(x0: torch.Tensor, x0_hat: torch.Tensor, schedule: Schedule, log_variance: torch.Tensor | None = None) -> torch.Tensor:
     """:math:`L_0 = -\\log p_\\theta(x_0 \\mid x_1)` per image, nats, shape ``(B,)`` (Ho et al. 2020, eq. 13).
 
-    Each pixel's probability is the mass of :math:`\\mathcal N(\\hat x_0, \\beta_1)` on its bin
+    Each pixel's probability is the mass of :math:`\\mathcal N(\\hat x_0, \\sigma_1^2)` (:math:`\\sigma_1^2 = \\beta_1` unless learned) on its bin
     ``[x - 1/255, x + 1/255]``, with the bins of ``-1`` and ``1`` extended to infinity.
 
     Args:
         x0: images on the 8-bit grid ``k / 127.5 - 1``, shape ``(B, ...)``.
         x0_hat: the model's prediction of ``x0`` from ``x1``, same shape.
+        log_variance: ``None`` (the fixed variance :math:`\\beta_1`) or a learned log-variance of ``x0``'s
+            shape (:func:`ddpm_lib.core.variance.learned_log_variance` at ``t = 1``): one width per pixel.
 
     Raises:
         ValueError: if ``x0`` is not on the 8-bit grid (:func:`check_on_pixel_grid`; convert with
             :func:`ddpm_lib.data.to_model`).
     """
     check_on_pixel_grid(x0, "decoder_nll: x0")
-    std = math.sqrt(float(schedule.beta[1]))
-    upper = torch.where(x0 > 1 - 1e-6, torch.full_like(x0, math.inf), x0 + BIN_WIDTH / 2)
-    lower = torch.where(x0 < -1 + 1e-6, torch.full_like(x0, -math.inf), x0 - BIN_WIDTH / 2)
-    # log(cdf(upper) - cdf(lower)), computed on the side of the mean where it does not cancel
-    z_up, z_lo = (upper - x0_hat) / std, (lower - x0_hat) / std
+    std = math.sqrt(float(schedule.beta[1])) if log_variance is None else torch.exp(0.5 * log_variance)
+    # the bin's ends in units of the width; every entry finite, so that no branch of the selections below
+    # has an infinite or NaN gradient (the learned width is trained through this function)
+    z_up, z_lo = (x0 + BIN_WIDTH / 2 - x0_hat) / std, (x0 - BIN_WIDTH / 2 - x0_hat) / std
+    # an interior bin: log(cdf(z_up) - cdf(z_lo)), on the side of the mean where it does not cancel
     upper_tail = z_lo > 0
-    log_mass = torch.where(
-        upper_tail,
-        _log_diff_exp(torch.special.log_ndtr(-z_lo), torch.special.log_ndtr(-z_up)),
-        _log_diff_exp(torch.special.log_ndtr(z_up), torch.special.log_ndtr(z_lo)),
-    )
+    a = torch.special.log_ndtr(torch.where(upper_tail, -z_lo, z_up))
+    b = torch.special.log_ndtr(torch.where(upper_tail, -z_up, z_lo))
+    log_mass = _log_diff_exp(a, b)
+    # the outermost bins extend to infinity: the mass below the upper end of 0's bin, above the lower end of 255's
+    log_mass = torch.where(x0 < -1 + 1e-6, torch.special.log_ndtr(z_up), log_mass)
+    log_mass = torch.where(x0 > 1 - 1e-6, torch.special.log_ndtr(-z_lo), log_mass)
     return -_per_image(log_mass)
 
 
 def _log_diff_exp(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    # log(exp(a) - exp(b)) for a >= b, stable; the mass is floored at 1e-300 to stay finite
-    return a + torch.log(-torch.expm1((b - a).clamp(max=0))).clamp(min=-690.0)
+    # log(exp(a) - exp(b)) for a >= b, stable; the mass is floored at the dtype's smallest normal number, so that
+    # the result and its gradient stay finite
+    return a + torch.log((-torch.expm1((b - a).clamp(max=0))).clamp(min=torch.finfo(a.dtype).tiny))

@@ -14,11 +14,19 @@ from __future__ import annotations
 
 import torch
 
+import math
+
+from .forward import q_sample
+from .likelihood import decoder_nll, denoising_kl
 from .targets import get_target, target_from_x0_eps
 from .posterior import posterior_mean_coefs
 from .schedules import Schedule, gather64
+from .variance import learned_log_variance, split_output
 
-__all__ = ["simple_loss", "vlb_weight", "vlb_loss", "LOSSES"]
+__all__ = ["simple_loss", "vlb_weight", "vlb_loss", "hybrid_loss", "HYBRID_LAMBDA", "LOSSES"]
+
+HYBRID_LAMBDA = 1e-3
+"""The weight :math:`\\lambda` of :math:`L_\\text{vlb}` in the hybrid loss (Nichol & Dhariwal 2021, §3.1)."""
 
 
 def simple_loss(
@@ -97,6 +105,51 @@ def vlb_loss(
     return (w * sq).reshape(sq.shape[0], -1).sum(dim=1).mean()
 
 
-LOSSES = {"simple": simple_loss, "vlb": vlb_loss}
+def hybrid_loss(
+    output: torch.Tensor, x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor, schedule: Schedule, target: str = "eps"
+) -> torch.Tensor:
+    """:math:`L_\\text{hybrid} = L_\\text{simple} + \\lambda L_\\text{vlb}` for a network with learned variances.
+
+    Nichol & Dhariwal (2021), §3.1, eq. 16, with :math:`\\lambda` = :data:`HYBRID_LAMBDA`; book eq. ``hybrid-loss``.
+    ``output`` holds ``2C`` channels (:func:`~ddpm_lib.core.variance.split_output`): the prediction of
+    ``target``, trained by :func:`simple_loss`, and ``v``, trained by the bound's term at the drawn ``t``
+    alone: :func:`~ddpm_lib.core.likelihood.denoising_kl` for ``t >= 2`` and the decoder's
+    :func:`~ddpm_lib.core.likelihood.decoder_nll` at ``t = 1``, with the variance
+    :func:`~ddpm_lib.core.variance.learned_log_variance` and the mean from the prediction held fixed
+    (detached), so that :math:`L_\\text{vlb}` moves only the variance. As in their code, the term is in
+    bits per dimension and is multiplied by :math:`\\lambda T`: with ``t`` uniform on ``1..T`` it is an
+    unbiased estimate of :math:`\\lambda \\sum_t L_{t-1}` per dimension (the constant :math:`L_T` left out).
+
+    Args:
+        output: ``(B, 2C, ...)``; x0, eps: ``(B, C, ...)``, ``x0`` on the 8-bit pixel grid (the decoder term
+            is defined only there); t: integers ``(B,)`` in ``1..T``.
+
+    Returns:
+        A 0-d tensor: mean squared error per dimension plus :math:`\\lambda T` times bits per dimension.
+
+    Raises:
+        ValueError: if ``output`` does not have ``2C`` channels, for an unknown target, or for an ``x0`` off the
+            pixel grid when some ``t = 1``.
+    """
+    prediction, v = split_output(output, x0.shape[1])
+    if v is None:
+        raise ValueError(f"hybrid_loss needs a network with learned variances: 2 x {x0.shape[1]} output channels, "
+                         f"got {output.shape[1]}. Set UNetConfig(learn_variance=True).")
+    mse = simple_loss(prediction, x0, eps, t, schedule, target)
+    xt = q_sample(x0, t, eps, schedule)
+    x0_hat = get_target(target).to_x0_eps(prediction.detach(), xt, t, schedule)[0]
+    log_var = learned_log_variance(v, t, schedule)
+    nats = torch.zeros(x0.shape[0], dtype=output.dtype, device=output.device)
+    first, later = t == 1, t >= 2
+    if first.any():
+        nats = nats.index_put((first.nonzero()[:, 0],), decoder_nll(x0[first], x0_hat[first], schedule, log_var[first]).to(nats))
+    if later.any():
+        nats = nats.index_put((later.nonzero()[:, 0],),
+                              denoising_kl(x0[later], xt[later], t[later], x0_hat[later], schedule, log_var[later]).to(nats))
+    bits_per_dim = nats / (x0[0].numel() * math.log(2.0))
+    return mse + HYBRID_LAMBDA * schedule.T * bits_per_dim.mean()
+
+
+LOSSES = {"simple": simple_loss, "vlb": vlb_loss, "hybrid": hybrid_loss}
 """The training losses by name (``TrainConfig.loss``, :func:`ddpm_lib.training.train_toy`): each is
 ``loss(output, x0, eps, t, schedule, target) -> 0-d tensor``."""

@@ -7,8 +7,10 @@ draws the timesteps and the noise.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import torch
+from torch import nn
 from tqdm.auto import tqdm
 
 from ..checkpoint import LoadedModel
@@ -17,9 +19,10 @@ from ..core.forward import q_sample
 from ..core.likelihood import bits_per_dim, decoder_nll, denoising_kl, prior_kl
 from ..core.schedules import Schedule
 from ..data import check_images, to_model
-from ..sampling.denoisers import model_denoiser
+from ..core.targets import get_target
+from ..core.variance import learned_log_variance, split_output
 
-__all__ = ["elbo_strata", "elbo_bits_per_dim"]
+__all__ = ["elbo_strata", "elbo_bits_per_dim", "with_fixed_variances"]
 
 
 def elbo_strata(schedule: Schedule, n_strata: int | None = None) -> list[torch.Tensor]:
@@ -68,7 +71,9 @@ def elbo_bits_per_dim(
 
     Terms: :func:`~ddpm_lib.core.likelihood.prior_kl` (``L_T``), :func:`~ddpm_lib.core.likelihood.denoising_kl`
     (``L_{t-1}``, ``t >= 2``) and :func:`~ddpm_lib.core.likelihood.decoder_nll` (``L_0``), with the
-    network's unclipped ``x0_hat``; one network call and one draw of ``x_t`` per evaluated term.
+    network's unclipped ``x0_hat`` and, for a network with learned variances, its variances
+    (:func:`~ddpm_lib.core.variance.learned_log_variance`; otherwise :math:`\\tilde\\beta_t`, and :math:`\\beta_1`
+    for the decoder); one network call and one draw of ``x_t`` per evaluated term.
     ``L_T`` and ``L_0`` are always evaluated. The sum over ``t = 2..T`` is taken over the groups of
     :func:`elbo_strata`: per image, one ``t`` drawn uniformly from each group, its term weighted by
     the group's size (stratified sampling, an unbiased estimate of the sum; book eq.
@@ -98,7 +103,7 @@ def elbo_bits_per_dim(
     model, schedule = loaded.model, loaded.schedule
     device = model_device(model)
     strata = elbo_strata(schedule, n_strata)
-    denoiser = model_denoiser(model, schedule, loaded.target)
+    to_x0_eps = get_target(loaded.target).to_x0_eps
     T, D = schedule.T, images[0].numel()
     gen, t_gen = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed + 1)
     per_image, prior_sum = [], 0.0
@@ -116,8 +121,12 @@ def elbo_bits_per_dim(
                 t_dev = t.to(device)
                 eps = torch.randn(x0.shape, generator=gen).to(device)
                 xt = q_sample(x0, t_dev, eps, schedule)
-                x0_hat = denoiser(xt, t_dev)
-                term = decoder_nll(x0, x0_hat, schedule) if group[0] == 1 else denoising_kl(x0, xt, t_dev, x0_hat, schedule)
+                # one network call: the prediction gives x0_hat; learned variances, if the network has them, give sigma_t^2
+                prediction, v = split_output(model(xt, t_dev), xt.shape[1])
+                x0_hat = to_x0_eps(prediction, xt, t_dev, schedule)[0]
+                log_var = None if v is None else learned_log_variance(v, t_dev, schedule)
+                term = (decoder_nll(x0, x0_hat, schedule, log_var) if group[0] == 1
+                        else denoising_kl(x0, xt, t_dev, x0_hat, schedule, log_var))
                 term = term.double().cpu()
                 by_t.index_add_(0, t, term)
                 count_t.index_add_(0, t, torch.ones_like(t))
@@ -141,3 +150,27 @@ def elbo_bits_per_dim(
         "n_strata": len(strata),
         "network_calls_per_image": len(strata) + 1,
     }
+
+
+class _PredictionOnly(nn.Module):
+    # a network with learned variances, seen without them: its output's first C channels
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, xt: torch.Tensor, t: torch.Tensor, *labels: torch.Tensor) -> torch.Tensor:
+        return split_output(self.net(xt, t, *labels), xt.shape[1])[0]
+
+
+def with_fixed_variances(loaded: LoadedModel) -> LoadedModel:
+    """The same model with its learned variances set aside: :func:`elbo_bits_per_dim` then uses the fixed ones.
+
+    For a network with learned variances (Nichol & Dhariwal 2021) this isolates what the variances buy:
+    the same means, with :math:`\\tilde\\beta_t` for ``t >= 2`` and :math:`\\beta_1` for the decoder. A network
+    without learned variances is unchanged by it. The returned model shares ``loaded``'s network (nothing is copied).
+
+    Returns:
+        A new :class:`~ddpm_lib.checkpoint.LoadedModel` whose ``model`` returns the prediction's channels only.
+    """
+    return replace(loaded, model=_PredictionOnly(loaded.model))
+

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import typing
 from collections.abc import Mapping
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 __all__ = ["DictConfig"]
 
@@ -24,7 +24,13 @@ class DictConfig:
 
     The dataclass's fields must be JSON values (numbers, strings, booleans, ``None``) or tuples of
     them; tuples are written as lists and read back as tuples.
+
+    ``FIELDS_ADDED_LATER`` maps a field added after checkpoints were shipped to the value that every
+    checkpoint written before it implicitly has (e.g. ``{"learn_variance": False}``): :meth:`from_dict`
+    reads a dict without that key as having this value. Every other field must be present.
     """
+
+    FIELDS_ADDED_LATER: ClassVar[dict[str, Any]] = {}
 
     def to_dict(self) -> dict[str, Any]:
         """The fields as a JSON-ready dict, in field order, with every tuple written as a list.
@@ -46,7 +52,8 @@ class DictConfig:
 
         Raises:
             TypeError: if ``d`` is not a mapping.
-            ValueError: if ``d`` has keys the config does not know or lacks some of its fields;
+            ValueError: if ``d`` has keys the config does not know or lacks some of its fields (other than
+                those of ``FIELDS_ADDED_LATER``);
                 the message names the config class, the unknown and the missing keys and the
                 allowed keys (a checkpoint written by another version of ddpm_lib). Also any
                 ``ValueError`` of the config's own validation.
@@ -54,6 +61,7 @@ class DictConfig:
         if not isinstance(d, Mapping):
             raise TypeError(f"{cls.__name__}.from_dict expects a dict of its fields, got {type(d).__name__}.")
         allowed = [f.name for f in dataclasses.fields(cls)]
+        d = {**{k: v for k, v in cls.FIELDS_ADDED_LATER.items() if k not in d}, **d}
         unknown = sorted(set(d) - set(allowed))
         missing = sorted(set(allowed) - set(d))
         if unknown or missing:

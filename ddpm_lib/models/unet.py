@@ -1,6 +1,7 @@
 """A small U-Net for 28x28 images (Ronneberger et al. 2015, in the form of Ho et al. 2020, App. B).
 
-A model is only a network: ``model(xt, t[, y]) -> output`` with the shape of ``xt``. It knows
+A model is only a network: ``model(xt, t[, y]) -> output`` with the shape of ``xt`` (twice its channels
+for a network with learned variances). It knows
 nothing of schedules or samplers; what the output means (``eps``, ``x0`` or ``v``) is the
 training configuration's business.
 
@@ -39,6 +40,10 @@ class UNetConfig(DictConfig):
         image_size: input height and width (28 for MNIST).
         pad_to: the size the input is padded to; must be divisible by ``2 ** (len(channels) - 1)``.
         groups: GroupNorm groups; every entry of ``channels`` must be divisible by it.
+        learn_variance: if true, the network returns ``2 * in_channels`` channels: its target's prediction,
+            then the variance interpolation ``v`` of :func:`ddpm_lib.core.variance.learned_log_variance`
+            (Nichol & Dhariwal 2021, §3.1; trained with the hybrid loss). Checkpoints written before this
+            field existed read as ``False``.
 
     Checkpoints store it as ``to_dict()`` and read it with ``from_dict`` (:class:`~ddpm_lib.models.config.DictConfig`).
 
@@ -57,6 +62,9 @@ class UNetConfig(DictConfig):
     image_size: int = 28
     pad_to: int = 32
     groups: int = 8
+    learn_variance: bool = False
+
+    FIELDS_ADDED_LATER = {"learn_variance": False}
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "channels", tuple(int(c) for c in self.channels))
@@ -141,7 +149,8 @@ class UNet(nn.Module):
             conditional model; must be ``None`` for an unconditional one.
 
     Returns:
-        A tensor with ``xt``'s shape and dtype.
+        A tensor ``(B, C_out, image_size, image_size)`` of ``xt``'s dtype: ``C_out = in_channels``, or twice
+        that with ``learn_variance`` (the prediction, then ``v``; :func:`ddpm_lib.core.variance.split_output`).
 
     Raises:
         ValueError: for a wrong input shape, or a label given to an unconditional model (or
@@ -184,7 +193,7 @@ class UNet(nn.Module):
                 self.up.append(nn.Conv2d(c, c, 3, padding=1))
 
         self.norm_out = nn.GroupNorm(g, c)
-        self.conv_out = nn.Conv2d(c, config.in_channels, 3, padding=1)
+        self.conv_out = nn.Conv2d(c, config.in_channels * (2 if config.learn_variance else 1), 3, padding=1)
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)
 

@@ -21,6 +21,7 @@ import torch
 
 from ..core.schedules import Schedule
 from ..core.targets import get_target, score_from_x0, x0_from_score
+from ..core.variance import split_output
 
 __all__ = ["Denoiser", "ScoreFn", "model_denoiser", "clip_denoiser", "score_from_denoiser", "denoiser_from_score",
            "schedule_of", "check_schedule", "schedules_match", "SCHEDULE_RTOL", "SCHEDULE_ATOL"]
@@ -35,7 +36,9 @@ def model_denoiser(
     """Wrap a network trained for ``target`` into a denoiser returning ``x0_hat``.
 
     Args:
-        model: ``model(xt, t) -> output``, or ``model(xt, t, labels)`` when ``labels`` is given.
+        model: ``model(xt, t) -> output``, or ``model(xt, t, labels)`` when ``labels`` is given. A network
+            with learned variances (twice ``xt``'s channels) gives its prediction's channels to the
+            denoiser and its variances to no one (:func:`ddpm_lib.core.variance.split_output`).
         target: a name in :data:`ddpm_lib.core.targets.TARGETS`; its ``to_x0_eps`` converts the output.
         labels: int64 ``(B,)`` class labels the conditional denoiser closes over (the batch it is
             called with must have ``B`` rows), or ``None`` for an unconditional model.
@@ -52,7 +55,8 @@ def model_denoiser(
 
     def denoiser(xt: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         output = model(xt, t) if labels is None else model(xt, t, labels)
-        return to_x0_eps(output, xt, t, schedule)[0]
+        prediction, _ = split_output(output, xt.shape[1])  # a learned variance, if any, is not the denoiser's
+        return to_x0_eps(prediction, xt, t, schedule)[0]
 
     denoiser.schedule = schedule
     return denoiser

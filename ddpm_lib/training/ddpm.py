@@ -47,7 +47,8 @@ class TrainConfig:
         model: the U-Net's architecture.
         schedule: the noise schedule (its betas go into the checkpoint).
         target: what the network predicts, a name in :data:`~ddpm_lib.core.targets.TARGETS`.
-        loss: ``"simple"`` (:func:`~ddpm_lib.core.losses.simple_loss`) or ``"vlb"``.
+        loss: ``"simple"`` (:func:`~ddpm_lib.core.losses.simple_loss`), ``"vlb"``, or ``"hybrid"``
+            (:func:`~ddpm_lib.core.losses.hybrid_loss`), which is the one for ``model.learn_variance`` and only for it.
         steps: optimizer steps in all (``--steps`` overrides it).
         batch_size: images per step and process (under torchrun with N processes, N * batch_size per step).
         lr, weight_decay, warmup_steps: AdamW's learning rate (linear warm-up, then constant).
@@ -66,7 +67,9 @@ class TrainConfig:
             architecture (its dropout rate may differ), except that this model may be conditional where that one is
             not: the label
             embedding, which it lacks, then starts at zero, so that training starts from that model exactly
-            for every label (the way ``mnist-cfg`` is fine-tuned from ``mnist``).
+            for every label (the way ``mnist-cfg`` is fine-tuned from ``mnist``). Likewise this model may learn
+            its variances where that one does not: the variance channels of the last convolution then start at
+            zero (``v = 0``), and the prediction is that model's exactly.
     """
 
     model: UNetConfig
@@ -98,6 +101,9 @@ class TrainConfig:
             raise ValueError("TrainConfig.label_dropout > 0 needs a conditional model: set model.num_classes.")
         if self.loss not in LOSSES:
             raise ValueError(f"loss must be one of {sorted(LOSSES)}, got {self.loss!r}.")
+        if (self.loss == "hybrid") != self.model.learn_variance:
+            raise ValueError("a network with learned variances trains with loss='hybrid', and the hybrid loss needs one: "
+                             f"got loss={self.loss!r} with learn_variance={self.model.learn_variance}.")
         for name in ("steps", "batch_size", "log_every", "checkpoint_every", "sample_every", "sample_steps", "sample_count"):
             if getattr(self, name) < 1:
                 raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}.")
@@ -143,6 +149,11 @@ PRESETS: dict[str, TrainConfig] = {
 # Classifier-free guidance (Part V): the mnist-cpu network made conditional (with a "no label" class) and fine-tuned
 # from the shipped `mnist` (v target) with label dropout 0.1, so that it learns the conditional denoiser and keeps the
 # unconditional one.
+# Learned reverse variances (issue "the main model"): the shipped `mnist` network given a second output channel, v of
+# Nichol & Dhariwal's eq. 15, which starts at zero, and fine-tuned with their hybrid loss, so the mean keeps training
+# with L_simple while the bound trains the variances.
+PRESETS["mnist-cpu-lv"] = replace(PRESETS["mnist-cpu"], model=replace(PRESETS["mnist-cpu"].model, learn_variance=True),
+                                  target="v", loss="hybrid", steps=6000, lr=5e-4, ema_decay=0.999, init_from="mnist")
 PRESETS["mnist-cpu-cfg"] = replace(PRESETS["mnist-cpu"], model=replace(PRESETS["mnist-cpu"].model, num_classes=10),
                                    target="v", steps=4000, lr=5e-4, label_dropout=0.1, init_from="mnist")
 
@@ -265,7 +276,7 @@ def _train(config: TrainConfig, out: Path, dev: torch.device, images: torch.Tens
         ckpt = read_checkpoint(ckpt_path)
         stored = ckpt.meta
         mine = {"model": config.model.to_dict(), "train": comparable(config.to_json())}
-        theirs = {"model": stored["model"], "train": comparable(stored["train"])}
+        theirs = {"model": UNetConfig.from_dict(stored["model"]).to_dict(), "train": comparable(stored["train"])}
         if mine != theirs:
             diff = [f"{sec}.{k}: checkpoint {_short(theirs[sec].get(k))} vs now {_short(mine[sec].get(k))}"
                     for sec in ("model", "train") for k in set(mine[sec]) | set(theirs[sec])
@@ -384,7 +395,9 @@ def _init_from(model: UNet, config: TrainConfig) -> None:
     # fine-tuning may change: it holds no weights)
     mine_d, theirs_d = config.model.to_dict(), theirs.to_dict()
     differences = [f"{k}: {theirs_d[k]!r} vs {mine_d[k]!r}" for k in mine_d
-                   if k not in ("num_classes", "dropout") and mine_d[k] != theirs_d.get(k)]
+                   if k not in ("num_classes", "dropout", "learn_variance") and mine_d[k] != theirs_d.get(k)]
+    if theirs.learn_variance and not config.model.learn_variance:
+        differences.append("learn_variance: True vs False (a network cannot drop its learned variances)")
     if ckpt.meta["train"]["target"] != config.target:
         differences.append(f"target: {ckpt.meta['train']['target']!r} vs {config.target!r}")
     if not schedules_match(Schedule(ckpt.tensors["schedule.beta"]), config.schedule):
@@ -397,6 +410,11 @@ def _init_from(model: UNet, config: TrainConfig) -> None:
     state = ckpt.prefixed("ema")
     if model.label_emb is not None and theirs.num_classes is None:
         state["label_emb.weight"] = torch.zeros_like(model.label_emb.weight)
+    if config.model.learn_variance and not theirs.learn_variance:
+        # the variance channels start at zero: v = 0, the geometric mean of beta_t and tilde-beta_t (core.variance)
+        C = config.model.in_channels
+        for name in ("conv_out.weight", "conv_out.bias"):
+            state[name] = torch.cat([state[name], torch.zeros_like(state[name][:C])])
     model.load_state_dict(state)
 
 
