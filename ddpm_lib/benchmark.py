@@ -21,7 +21,7 @@ from .sampling import ddim_step, ddim_timesteps, model_denoiser, sample
 from .training.ddpm import PRESETS, batch_loss
 from .models.unet import UNet
 
-__all__ = ["benchmark_preset", "matmul_peak_tflops"]
+__all__ = ["benchmark_preset", "matmul_peak_tflops", "train_step"]
 
 
 def _sync(dev: torch.device) -> None:
@@ -36,11 +36,14 @@ def _peak_mib(dev: torch.device) -> float:
     return rss / (2**20 if sys.platform == "darwin" else 2**10)
 
 
-def matmul_peak_tflops(device: str | torch.device = "cpu", n: int | None = None, repeats: int = 5) -> float:
+def matmul_peak_tflops(
+    device: str | torch.device = "cpu", n: int | None = None, repeats: int = 5, dtype: torch.dtype | None = None
+) -> float:
     """The measured matrix-multiply rate of a device, TFLOP/s: the ceiling to compare training against.
 
-    Times ``repeats`` products of two ``n x n`` matrices after one warm-up product, in bfloat16 on
-    CUDA (the dtype the presets train in there) and float32 elsewhere. The warm-up's FLOPs are
+    Times ``repeats`` products of two ``n x n`` matrices after one warm-up product, in ``dtype``:
+    by default bfloat16 on CUDA (the dtype the presets train in there) and float32 elsewhere (pass
+    ``torch.bfloat16`` for the CPU's bf16 rate, the ceiling of bf16 autocast there). The warm-up's FLOPs are
     counted by ``torch.utils.flop_counter`` (``2 n^3``), as the model's are in
     :func:`benchmark_preset`. ``n`` defaults to 8192 on CUDA and 1024 on other devices.
 
@@ -51,7 +54,8 @@ def matmul_peak_tflops(device: str | torch.device = "cpu", n: int | None = None,
     n = n if n is not None else (8192 if dev.type == "cuda" else 1024)
     if n < 1 or repeats < 1:
         raise ValueError(f"matmul_peak_tflops needs n >= 1 and repeats >= 1, got n={n}, repeats={repeats}.")
-    dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
+    if dtype is None:
+        dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
     a, b = (torch.randn(n, n, device=dev, dtype=dtype) for _ in range(2))
     with FlopCounterMode(display=False) as counter:
         a @ b
@@ -61,6 +65,25 @@ def matmul_peak_tflops(device: str | torch.device = "cpu", n: int | None = None,
         a @ b
     _sync(dev)
     return counter.get_total_flops() * repeats / (time.perf_counter() - t0) / 1e12
+
+
+def train_step(net: torch.nn.Module, opt: torch.optim.Optimizer, x0: torch.Tensor, config, bf16: bool = False) -> torch.Tensor:
+    """One optimizer step on the batch ``x0`` (Ho et al. 2020, Algorithm 1), as :func:`benchmark_preset` times it.
+
+    Draws ``t`` uniform on ``1..T`` and ``eps = randn_like(x0)`` (so ``eps`` keeps ``x0``'s memory format)
+    from the global generator, takes :func:`~ddpm_lib.training.ddpm.batch_loss` of ``net`` (any module
+    ``(xt, t) -> output``, e.g. a compiled one) under ``config`` (bf16 autocast around the network if
+    ``bf16``), then ``zero_grad``, ``backward`` and ``opt.step()``. Nothing is synchronised.
+
+    Returns:
+        The loss, detached (0-d float32).
+    """
+    t = torch.randint(1, config.schedule.T + 1, (x0.shape[0],), device=x0.device)
+    loss = batch_loss(net, x0, t, torch.randn_like(x0), config, bf16)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return loss.detach()
 
 
 def benchmark_preset(
@@ -96,19 +119,12 @@ def _measure(name: str, cfg, dev: torch.device, train_steps: int, warmup: int, s
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
 
-    def train_step() -> None:
-        t = torch.randint(1, cfg.schedule.T + 1, (B,), device=dev)
-        loss = batch_loss(model, x0, t, torch.randn_like(x0), cfg, use_bf16)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
     for _ in range(warmup):
-        train_step()
+        train_step(model, opt, x0, cfg, use_bf16)
     _sync(dev)
     t0 = time.perf_counter()
     for _ in range(train_steps):
-        train_step()
+        train_step(model, opt, x0, cfg, use_bf16)
     _sync(dev)
     train_s = (time.perf_counter() - t0) / train_steps
 
