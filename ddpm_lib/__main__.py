@@ -29,7 +29,8 @@ def _cmd_train(args: argparse.Namespace) -> None:
     device = args.device
     if world > 1 and device is None and torch.cuda.is_available():
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
-    path = train(config, args.out, device=device, steps=args.steps, progress=not args.no_progress, world_size=world, rank=rank)
+    path = train(config, args.out, device=device, steps=args.steps, progress=not args.no_progress, world_size=world, rank=rank,
+                 threads=args.threads)
     if rank == 0:  # under torchrun, only the first process reports
         print(f"checkpoint: {path}\nsamples: {Path(args.out) / 'samples.png'}\nmetrics: {Path(args.out) / 'metrics.jsonl'}")
 
@@ -115,11 +116,15 @@ def _cmd_info(args: argparse.Namespace) -> None:
 
 def _cmd_benchmark(args: argparse.Namespace) -> None:
     from .benchmark import benchmark_preset
+    from .devices import AdaptiveThreads
 
-    if args.threads is not None:
+    if args.threads == "auto":
+        AdaptiveThreads().update()  # one measure (0.25 s) of the other processes' load, before any timing
+    elif args.threads is not None:
         torch.set_num_threads(args.threads)
     for name in args.preset:
-        print(json.dumps(benchmark_preset(name, device=args.device, train_steps=args.train_steps)), flush=True)
+        result = benchmark_preset(name, device=args.device, train_steps=args.train_steps)
+        print(json.dumps({**result, "threads": torch.get_num_threads()}), flush=True)
 
 
 def _cmd_train_vae(args: argparse.Namespace) -> None:
@@ -343,6 +348,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _threads(text: str) -> int | str:
+    """An argparse type for ``--threads``: ``"auto"`` or an integer >= 1."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        return _positive_int(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1 or 'auto', got {text!r}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m ddpm_lib", description="Train and sample DDPMs on MNIST.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -354,6 +369,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "a resumed run trains up to this total")
     t.add_argument("--target", choices=list(TARGETS), help="what the network predicts (overrides the preset)")
     t.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: CUDA, else MPS, else CPU)")
+    t.add_argument("--threads", type=_threads, default="auto",
+                   help="torch intra-op CPU threads: an integer, or auto (the default): on the CPU, the cores other "
+                   "processes leave free, measured at every log step (ddpm_lib.devices.AdaptiveThreads); on a GPU, "
+                   "auto sets nothing")
     t.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     t.set_defaults(func=_cmd_train)
 
@@ -388,7 +407,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--preset", nargs="+", default=["mnist-cpu", "mnist"])
     b.add_argument("--device")
     b.add_argument("--train-steps", type=_positive_int, default=10)
-    b.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
+    b.add_argument("--threads", type=_threads, help="torch intra-op threads: an integer, or auto (the cores other processes "
+                   "leave free, measured once before the timing); default: torch's choice")
     b.set_defaults(func=_cmd_benchmark)
 
     v = sub.add_parser("train-vae", help="train (or resume) the Part I VAE on MNIST; writes a checkpoint (and --export weights)")

@@ -28,7 +28,7 @@ from ..core.losses import LOSSES
 from ..core.schedules import Schedule, cosine_schedule, linear_schedule
 from ..core.targets import TARGETS, get_target
 from ..data import load_mnist, save_grid, to_model
-from ..devices import pick_device
+from ..devices import AdaptiveThreads, pick_device
 from ..models.unet import UNet, UNetConfig
 from ..sampling.denoisers import schedules_match
 from ..sampling.images import generate_images
@@ -204,6 +204,7 @@ def train(
     progress: bool = True,
     world_size: int = 1,
     rank: int = 0,
+    threads: int | str | None = None,
 ) -> Path:
     """Train (or resume) a DDPM; write the checkpoint, ``samples.png`` and ``metrics.jsonl`` into ``out_dir``.
 
@@ -220,6 +221,14 @@ def train(
         world_size, rank: the number of processes and this one's rank under ``torchrun`` (the
             command line reads them from its environment); each process trains on its slice of the
             global batch, and rank 0 writes the files.
+        threads: torch's intra-op CPU threads during the run. ``None`` (the default) leaves them as they are; an
+            int ``>= 1`` sets them for the run; ``"auto"`` on the CPU uses an
+            :class:`~ddpm_lib.devices.AdaptiveThreads`, updated before the first step and at every log step, so that
+            the run uses the cores other processes leave free (on other devices ``"auto"`` sets nothing). The
+            caller's thread count is restored on return. Each ``metrics.jsonl`` line records ``threads``, the count
+            of the steps it reports. Resumption is exact for a fixed count; with ``"auto"`` the counts depend on the
+            machine's load, and torch's CPU kernels may add in another order with another count, so a resumed run
+            then matches an uninterrupted one only up to float round-off.
 
     The global random generator (dropout, weight initialisation) is forked for the run: it is
     seeded with ``config.seed`` (or restored from the checkpoint) inside, and the caller's is left as
@@ -234,17 +243,28 @@ def train(
             last line is dropped with a warning).
         RuntimeError, ValueError: from :func:`pick_device`.
         ValueError: if a conditional model has no labels, or the labels do not match the images.
+        ValueError: if ``threads`` is none of ``None``, an int ``>= 1`` or ``"auto"``.
     """
+    if not (threads is None or threads == "auto" or (isinstance(threads, int) and not isinstance(threads, bool) and threads >= 1)):
+        raise ValueError(f"threads must be None, an integer >= 1 or 'auto', got {threads!r}.")
     out = run_folder(out_dir)
     if steps is not None:
         config = replace(config, steps=steps)
     dev = pick_device(None if device is None else str(device))
-    with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
-        return _train(config, out, dev, images, labels, progress, world_size, rank)
+    callers_threads = torch.get_num_threads()
+    try:
+        if isinstance(threads, int):
+            torch.set_num_threads(threads)
+        adaptive = AdaptiveThreads() if threads == "auto" and dev.type == "cpu" else None
+        with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+            return _train(config, out, dev, images, labels, progress, world_size, rank, adaptive)
+    finally:
+        if torch.get_num_threads() != callers_threads:
+            torch.set_num_threads(callers_threads)
 
 
 def _train(config: TrainConfig, out: Path, dev: torch.device, images: torch.Tensor | None, labels: torch.Tensor | None,
-           progress: bool, world: int, rank: int) -> Path:
+           progress: bool, world: int, rank: int, adaptive: AdaptiveThreads | None) -> Path:
     conditional = config.model.num_classes is not None
     if images is None:
         images, mnist_labels = load_mnist("train")
@@ -331,6 +351,8 @@ def _train(config: TrainConfig, out: Path, dev: torch.device, images: torch.Tens
     n = data.shape[0]
     use_bf16 = config.bf16 and dev.type == "cuda"
     bar = tqdm(total=config.steps, initial=step, disable=not progress or rank != 0, desc="train", unit="step")
+    if adaptive is not None and step < config.steps:
+        adaptive.update()  # the first measure (a 0.25 s window) before the first step
     t_log, seen_log = time.perf_counter(), seen
     while step < config.steps:
         t0 = time.perf_counter()
@@ -364,11 +386,13 @@ def _train(config: TrainConfig, out: Path, dev: torch.device, images: torch.Tens
             now = time.perf_counter()
             rec = {"step": step, "loss": round(loss.item(), 6), "grad_norm": round(float(grad_norm), 4),
                    "lr": sched.get_last_lr()[0], "images_per_s": round((seen - seen_log) / (now - t_log), 2),
-                   "images_seen": seen, "wall_s": round(wall, 2)}
+                   "images_seen": seen, "wall_s": round(wall, 2), "threads": torch.get_num_threads()}
             t_log, seen_log = now, seen
             with metrics_path.open("a") as f:
                 f.write(json.dumps(rec) + "\n")
             bar.set_postfix(loss=f"{rec['loss']:.4f}")
+        if adaptive is not None and step % config.log_every == 0 and step < config.steps:
+            adaptive.update()  # the thread count of the next log_every steps (every rank measures for itself)
         # samples before the checkpoint: a run killed between the two redraws them when it resumes
         if rank == 0 and (step % config.sample_every == 0 or step == config.steps):
             write_samples()
