@@ -16,6 +16,7 @@ from functools import partial
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from .data import to_model
 from .devices import pick_device
 from .sampling import ddim_step, ddim_timesteps, model_denoiser, sample
 from .training.ddpm import PRESETS, batch_loss
@@ -114,7 +115,8 @@ def _measure(name: str, cfg, dev: torch.device, train_steps: int, warmup: int, s
     model = UNet(cfg.model).to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
     B = cfg.batch_size
-    x0 = torch.rand(B, 1, 28, 28, device=dev) * 2 - 1
+    # random 8-bit pixels (on the grid, which the hybrid loss's decoder term requires), shaped like MNIST
+    x0 = to_model(torch.randint(0, 256, (B, 28, 28), dtype=torch.uint8)).to(dev)
     use_bf16 = cfg.bf16 and dev.type == "cuda"
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)

@@ -134,8 +134,9 @@ class AdaptiveThreads:
 
     Not handled: it reacts only at each update (the training loop updates at every log step), so a process that
     starts between two updates slows the steps until the next one; the measure is one interval's mean, so a
-    neighbour that runs half the time counts as half a core (rounded); and it sets the intra-op threads only (not
-    ``torch.set_num_interop_threads``, which torch fixes at its first parallel work).
+    neighbour that runs half the time counts as half a core (rounded by Python's ``round``, halves to even: 2.5
+    cores count as 2); it reads the host's CPU times, so a container's CPU quota (cgroups) is not seen; and it sets
+    the intra-op threads only (not ``torch.set_num_interop_threads``, which torch fixes at its first parallel work).
 
     Args:
         max_threads: the most threads to use; default: ``torch.get_num_threads()`` when the object is made (torch's

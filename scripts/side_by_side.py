@@ -33,7 +33,7 @@ or SIGTERM, which take effect between two steps) both models' weights, EMA weigh
 warm-up state, steps, images seen, time used and generator states go to ``--out DIR/side_by_side.pt``
 (torch.save, written atomically by :func:`ddpm_lib.checkpoint.write_atomic`: temporary file, fsync,
 ``os.replace``). A run started with the same ``--out`` resumes from it (the settings must match;
-``--budget-s`` may grow) and never trains a model past the budget. Each finished evaluation is cached in ``DIR/eval.json``, so
+``--budget-s`` may grow) and never starts a step past the budget (a model may overshoot it by its last step). Each finished evaluation is cached in ``DIR/eval.json``, so
 a stopped evaluation resumes at the next metric.
 
 Evaluation (EMA weights of both, after training):

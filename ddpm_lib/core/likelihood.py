@@ -7,10 +7,11 @@ Ho et al. (2020), eq. 5, with the discrete decoder of their §3.3 (eq. 13):
    + \\sum_{t=2}^{T} \\underbrace{D_\\mathrm{KL}(q(x_{t-1}\\mid x_t,x_0)\\,\\|\\,p_\\theta(x_{t-1}\\mid x_t))}_{L_{t-1}}
    \\underbrace{- \\log p_\\theta(x_0\\mid x_1)}_{L_0}.
 
-The reverse steps are :math:`p_\\theta(x_{t-1}\\mid x_t) = \\mathcal N(\\tilde\\mu_t(x_t, \\hat x_0), \\tilde\\beta_t I)`
-for ``t >= 2`` (the sampler of :func:`ddpm_lib.sampling.ddpm_step`), and the decoder is a Gaussian of
-mean :math:`\\hat x_0(x_1)` and variance :math:`\\beta_1`, integrated over each pixel's bin (Ho et al.
-2020, eq. 13). Pixels are the bin centres ``k / 127.5 - 1`` (:func:`ddpm_lib.data.to_model`; checked
+The reverse steps are :math:`p_\\theta(x_{t-1}\\mid x_t) = \\mathcal N(\\tilde\\mu_t(x_t, \\hat x_0), \\sigma_t^2 I)`
+for ``t >= 2``, and the decoder is a Gaussian of mean :math:`\\hat x_0(x_1)` and variance :math:`\\sigma_1^2`,
+integrated over each pixel's bin (Ho et al. 2020, eq. 13). The variances are fixed, :math:`\\sigma_t^2 = \\tilde\\beta_t`
+(the sampler of :func:`ddpm_lib.sampling.ddpm_step`) and :math:`\\sigma_1^2 = \\beta_1`, unless a network learns them
+(``log_variance``; :mod:`ddpm_lib.core.variance`, Nichol & Dhariwal 2021). Pixels are the bin centres ``k / 127.5 - 1`` (:func:`ddpm_lib.data.to_model`; checked
 by :func:`check_on_pixel_grid`), bins of width :data:`BIN_WIDTH` ``= 2/255``; the outermost bins
 extend to infinity. Dividing the total by ``D ln 2`` (``D`` = 784 for MNIST; :func:`bits_per_dim`)
 gives bits per dimension of the discrete 8-bit data. Book chapter "The variational diffusion model"
@@ -27,7 +28,7 @@ from torch.distributions import Normal, kl_divergence
 from .posterior import posterior_mean, posterior_variance
 from .schedules import Schedule, gather
 
-__all__ = ["prior_kl", "denoising_kl", "decoder_nll", "BIN_WIDTH", "check_on_pixel_grid", "bits_per_dim"]
+__all__ = ["prior_kl", "denoising_kl", "decoder_nll", "vlb_term", "BIN_WIDTH", "check_on_pixel_grid", "bits_per_dim"]
 
 BIN_WIDTH = 2.0 / 255.0
 """Width of one 8-bit intensity level in the model's ``[-1, 1]`` range: pixel ``k`` is ``k / 127.5 - 1``
@@ -172,7 +173,35 @@ def decoder_nll(x0: torch.Tensor, x0_hat: torch.Tensor, schedule: Schedule, log_
     return -_per_image(log_mass)
 
 
+def vlb_term(
+    x0: torch.Tensor, xt: torch.Tensor, t: torch.Tensor, x0_hat: torch.Tensor, schedule: Schedule,
+    log_variance: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The bound's term at each image's own ``t`` (``t`` may mix 1 and larger): :math:`L_0` where ``t = 1``, else :math:`L_{t-1}`.
+
+    :func:`decoder_nll` on the rows with ``t = 1`` and :func:`denoising_kl` on the others, per image, nats,
+    shape ``(B,)``, in ``x0``'s dtype (book eq. ``elbo-ddpm-terms``).
+
+    Args:
+        x0: images on the 8-bit grid, ``(B, ...)``; xt, x0_hat: same shape; t: integers ``(B,)`` in ``1..T``.
+        log_variance: ``None`` (fixed variances) or a learned log-variance of ``xt``'s shape.
+
+    Raises:
+        ValueError: from :func:`check_on_pixel_grid` (checked for every row, whatever ``t`` was drawn).
+    """
+    check_on_pixel_grid(x0, "vlb_term: x0")
+    t = torch.as_tensor(t, device=x0.device)
+    rows = lambda mask: mask.nonzero()[:, 0]  # noqa: E731
+    lv = (lambda i: None) if log_variance is None else (lambda i: log_variance[i])  # noqa: E731
+    terms = torch.zeros(x0.shape[0], dtype=x0.dtype, device=x0.device)
+    if bool((first := rows(t == 1)).numel()):
+        terms = terms.index_put((first,), decoder_nll(x0[first], x0_hat[first], schedule, lv(first)).to(terms))
+    if bool((later := rows(t >= 2)).numel()):
+        terms = terms.index_put((later,), denoising_kl(x0[later], xt[later], t[later], x0_hat[later], schedule, lv(later)).to(terms))
+    return terms
+
+
 def _log_diff_exp(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    # log(exp(a) - exp(b)) for a >= b, stable; the mass is floored at the dtype's smallest normal number, so that
-    # the result and its gradient stay finite
+    # log(exp(a) - exp(b)) for a >= b, stable; the factor 1 - exp(b - a) is floored at the dtype's smallest normal
+    # number, so that the result and its gradient stay finite
     return a + torch.log((-torch.expm1((b - a).clamp(max=0))).clamp(min=torch.finfo(a.dtype).tiny))

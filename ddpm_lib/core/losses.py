@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import torch
 
-import math
-
 from .forward import q_sample
-from .likelihood import decoder_nll, denoising_kl
+from .likelihood import bits_per_dim, vlb_term
 from .targets import get_target, target_from_x0_eps
 from .posterior import posterior_mean_coefs
 from .schedules import Schedule, gather64
@@ -119,6 +117,10 @@ def hybrid_loss(
     (detached), so that :math:`L_\\text{vlb}` moves only the variance. As in their code, the term is in
     bits per dimension and is multiplied by :math:`\\lambda T`: with ``t`` uniform on ``1..T`` it is an
     unbiased estimate of :math:`\\lambda \\sum_t L_{t-1}` per dimension (the constant :math:`L_T` left out).
+    Their :math:`\\lambda` was set beside an :math:`\\epsilon` MSE; with another target the MSE has another scale
+    (for ``v``, :math:`\\|v - \\hat v\\|^2 = \\|\\epsilon - \\hat\\epsilon\\|^2 / \\bar\\alpha_t`), and the same
+    :math:`\\lambda` weighs the bound differently against it. Unlike their code, which floors each bin's mass at
+    ``1e-12``, the decoder term here is exact (:func:`~ddpm_lib.core.likelihood.decoder_nll`).
 
     Args:
         output: ``(B, 2C, ...)``; x0, eps: ``(B, C, ...)``, ``x0`` on the 8-bit pixel grid (the decoder term
@@ -129,7 +131,7 @@ def hybrid_loss(
 
     Raises:
         ValueError: if ``output`` does not have ``2C`` channels, for an unknown target, or for an ``x0`` off the
-            pixel grid when some ``t = 1``.
+            pixel grid (checked for every batch, whatever ``t`` was drawn).
     """
     prediction, v = split_output(output, x0.shape[1])
     if v is None:
@@ -138,16 +140,8 @@ def hybrid_loss(
     mse = simple_loss(prediction, x0, eps, t, schedule, target)
     xt = q_sample(x0, t, eps, schedule)
     x0_hat = get_target(target).to_x0_eps(prediction.detach(), xt, t, schedule)[0]
-    log_var = learned_log_variance(v, t, schedule)
-    nats = torch.zeros(x0.shape[0], dtype=output.dtype, device=output.device)
-    first, later = t == 1, t >= 2
-    if first.any():
-        nats = nats.index_put((first.nonzero()[:, 0],), decoder_nll(x0[first], x0_hat[first], schedule, log_var[first]).to(nats))
-    if later.any():
-        nats = nats.index_put((later.nonzero()[:, 0],),
-                              denoising_kl(x0[later], xt[later], t[later], x0_hat[later], schedule, log_var[later]).to(nats))
-    bits_per_dim = nats / (x0[0].numel() * math.log(2.0))
-    return mse + HYBRID_LAMBDA * schedule.T * bits_per_dim.mean()
+    nats = vlb_term(x0, xt, t, x0_hat, schedule, learned_log_variance(v, t, schedule))
+    return mse + HYBRID_LAMBDA * schedule.T * bits_per_dim(nats, x0[0].numel()).mean()
 
 
 LOSSES = {"simple": simple_loss, "vlb": vlb_loss, "hybrid": hybrid_loss}

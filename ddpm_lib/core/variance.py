@@ -1,12 +1,13 @@
 """Learned reverse variances: the network interpolates between :math:`\\log\\tilde\\beta_t` and :math:`\\log\\beta_t`.
 
-Nichol & Dhariwal (2021), §3.1, eq. 15: a network with a second output :math:`v` (one value per pixel)
-sets the variance of :math:`p_\\theta(x_{t-1}\\mid x_t)` to
+Nichol & Dhariwal (2021), §3.1, eq. 15, in the form of their code (``LEARNED_RANGE``): a network with a
+second output :math:`v` (one value per pixel) sets the variance of :math:`p_\\theta(x_{t-1}\\mid x_t)` to
 
 .. math::
    \\Sigma_\\theta(x_t, t) = \\exp\\big(f \\log\\beta_t + (1 - f)\\log\\tilde\\beta_t\\big), \\qquad f = (v + 1)/2,
 
-so ``v = -1`` is the posterior's :math:`\\tilde\\beta_t` and ``v = 1`` is :math:`\\beta_t` (Ho et al. 2020
+(the paper's :math:`v` is :math:`f` here, so a network whose output starts at zero starts at the geometric
+mean of the two ends), so ``v = -1`` is the posterior's :math:`\\tilde\\beta_t` and ``v = 1`` is :math:`\\beta_t` (Ho et al. 2020
 found these two the extremes that sample equally well). ``v`` is not clamped: like Nichol & Dhariwal's
 code, the network may extrapolate beyond the two (at ``t = 1`` it must, to make the decoder narrower
 than a pixel bin). At ``t = 1``, where :math:`\\tilde\\beta_1 = 0`, the lower end is :math:`\\tilde\\beta_2`,
@@ -57,7 +58,8 @@ def log_variance_bounds(t: torch.Tensor, schedule: Schedule, like: torch.Tensor)
 def learned_log_variance(v: torch.Tensor, t: torch.Tensor, schedule: Schedule) -> torch.Tensor:
     """:math:`\\log\\Sigma_\\theta = f\\log\\beta_t + (1 - f)\\log\\tilde\\beta_t` with :math:`f = (v + 1)/2` (a log *variance*).
 
-    Nichol & Dhariwal (2021), eq. 15; book eq. ``learned-variance``.
+    Nichol & Dhariwal (2021), eq. 15 with their code's :math:`f = (v + 1)/2` for the paper's :math:`v`; book eq.
+    ``learned-variance``.
 
     Args:
         v: the network's variance output, shape ``(B, ...)``, any real value (``-1`` gives

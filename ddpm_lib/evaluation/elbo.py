@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 from ..checkpoint import LoadedModel
 from ..devices import eval_mode, model_device
 from ..core.forward import q_sample
-from ..core.likelihood import bits_per_dim, decoder_nll, denoising_kl, prior_kl
+from ..core.likelihood import bits_per_dim, prior_kl, vlb_term
 from ..core.schedules import Schedule
 from ..data import check_images, to_model
 from ..core.targets import get_target
@@ -125,8 +125,7 @@ def elbo_bits_per_dim(
                 prediction, v = split_output(model(xt, t_dev), xt.shape[1])
                 x0_hat = to_x0_eps(prediction, xt, t_dev, schedule)[0]
                 log_var = None if v is None else learned_log_variance(v, t_dev, schedule)
-                term = (decoder_nll(x0, x0_hat, schedule, log_var) if group[0] == 1
-                        else denoising_kl(x0, xt, t_dev, x0_hat, schedule, log_var))
+                term = vlb_term(x0, xt, t_dev, x0_hat, schedule, log_var)
                 term = term.double().cpu()
                 by_t.index_add_(0, t, term)
                 count_t.index_add_(0, t, torch.ones_like(t))
@@ -167,7 +166,8 @@ def with_fixed_variances(loaded: LoadedModel) -> LoadedModel:
 
     For a network with learned variances (Nichol & Dhariwal 2021) this isolates what the variances buy:
     the same means, with :math:`\\tilde\\beta_t` for ``t >= 2`` and :math:`\\beta_1` for the decoder. A network
-    without learned variances is unchanged by it. The returned model shares ``loaded``'s network (nothing is copied).
+    without learned variances is unchanged by it. The returned model shares ``loaded``'s network (nothing is copied);
+    it is a wrapper for the ELBO and other callers of ``model(xt, t)``, without the network's ``config``.
 
     Returns:
         A new :class:`~ddpm_lib.checkpoint.LoadedModel` whose ``model`` returns the prediction's channels only.

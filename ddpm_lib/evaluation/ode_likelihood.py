@@ -55,6 +55,7 @@ from tqdm.auto import tqdm
 from ..checkpoint import LoadedModel
 from ..core.likelihood import BIN_WIDTH
 from ..core.schedules import Schedule
+from ..core.variance import split_output
 from ..data import check_images, to_model
 from ..devices import eval_mode, model_device
 
@@ -137,7 +138,7 @@ def continuous_model_denoiser(model: Callable[..., torch.Tensor], schedule: Sche
         _, a, s2 = _coefs(schedule, u)
         s = math.sqrt(s2)
         t = torch.full((x.shape[0],), schedule.T * float(u), dtype=torch.float32, device=x.device)
-        out = model(x.to(net_dtype), t).to(x.dtype)
+        out = split_output(model(x.to(net_dtype), t), x.shape[1])[0].to(x.dtype)  # learned variances, if any, set aside
         if target == "x0":
             return out
         if target == "eps":
