@@ -36,6 +36,8 @@ from ddpm_lib.models.unet import UNet, UNetConfig
 from ddpm_lib.sampling.denoisers import model_denoiser
 from ddpm_lib.training.ddpm import PRESETS, TrainConfig, _init_from, train
 
+from test_training import TINY
+
 SCHEDULES = {"cosine": cosine_schedule(1000), "linear": linear_schedule(1000)}
 LIN = SCHEDULES["linear"]
 
@@ -563,18 +565,8 @@ def test_with_fixed_variances_keeps_the_prediction_channels():
 
 # --- 15. a tiny hybrid-loss run: resumption, loading, the ELBO, and init_from's refusal ------------------------------
 
-TINY_LV = TrainConfig(
-    model=UNetConfig(channels=(8, 16), num_res_blocks=1, attention_heads=2, learn_variance=True),
-    schedule=linear_schedule(50),
-    loss="hybrid",
-    batch_size=8,
-    warmup_steps=2,
-    log_every=1,
-    checkpoint_every=2,
-    sample_every=100,
-    sample_steps=2,
-    sample_count=4,
-)
+# the tiny run of tests/test_training.py, with learned variances and the hybrid loss
+TINY_LV = replace(TINY, model=replace(TINY.model, learn_variance=True), loss="hybrid")
 
 
 @pytest.fixture(scope="module")
