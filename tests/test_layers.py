@@ -21,7 +21,7 @@ ALLOWED = {
     "training": {"core", "models", "data", "devices", "checkpoint", "sampling", "toys"},
     "evaluation": {"core", "models", "data", "devices", "checkpoint", "sampling"},
     "teaching": {"core", "data"},
-    "benchmark": {"core", "models", "devices", "sampling", "training"},
+    "benchmark": {"core", "models", "data", "devices", "sampling", "training"},
     "__main__": {"core", "models", "data", "devices", "checkpoint", "sampling", "training", "evaluation", "benchmark"},
     "__init__": {"core"},
 }
