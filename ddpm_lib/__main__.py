@@ -270,6 +270,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     unknown = sorted(set(metrics) - {"nll", "ode-nll", "fd"})
     if unknown or not metrics:
         raise SystemExit(f"error: --metrics takes a comma-separated subset of nll,ode-nll,fd; got {args.metrics!r}.")
+    if args.fixed_variances and "nll" not in metrics:
+        raise SystemExit("error: --fixed-variances changes the ELBO only: add nll to --metrics, or drop the flag.")
     dev = pick_device(args.device)
     loaded = load_model(args.checkpoint, device=dev)
     test_images = load_mnist("test")[0]

@@ -305,6 +305,11 @@ def test_cli_evaluate_nll_on_a_few_images(tmp_path, capsys):
     assert "strata must be >= 1" in capsys.readouterr().err
     with pytest.raises(SystemExit, match="subset of nll,ode-nll,fd"):
         main(["evaluate", "--checkpoint", str(ckpt), "--metrics", "bpd"])
+    # --fixed-variances is recorded with the ELBO, and refused where there is no ELBO for it to change
+    assert main(["evaluate", "--checkpoint", str(ckpt), "--metrics", "nll", "--limit", "2", "--fixed-variances", "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["fixed_variances"] is True
+    with pytest.raises(SystemExit, match="--fixed-variances changes the ELBO only"):
+        main(["evaluate", "--checkpoint", str(ckpt), "--metrics", "fd", "--fixed-variances"])
     bad = tmp_path / "bad.npz"
     np.savez(bad, images=np.zeros((3, 32, 32), dtype=np.uint8))
     if "mnist-classifier" in pretrained_names():

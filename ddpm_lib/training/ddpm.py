@@ -146,14 +146,14 @@ PRESETS: dict[str, TrainConfig] = {
     ),
 }
 
-# Classifier-free guidance (Part V): the mnist-cpu network made conditional (with a "no label" class) and fine-tuned
-# from the shipped `mnist` (v target) with label dropout 0.1, so that it learns the conditional denoiser and keeps the
-# unconditional one.
 # Learned reverse variances (issue "the main model"): the shipped `mnist` network given a second output channel, v of
 # Nichol & Dhariwal's eq. 15, which starts at zero, and fine-tuned with their hybrid loss, so the mean keeps training
 # with L_simple while the bound trains the variances.
 PRESETS["mnist-cpu-lv"] = replace(PRESETS["mnist-cpu"], model=replace(PRESETS["mnist-cpu"].model, learn_variance=True),
                                   target="v", loss="hybrid", steps=6000, lr=5e-4, ema_decay=0.999, init_from="mnist")
+# Classifier-free guidance (Part V): the mnist-cpu network made conditional (with a "no label" class) and fine-tuned
+# from the shipped `mnist` (v target) with label dropout 0.1, so that it learns the conditional denoiser and keeps the
+# unconditional one.
 PRESETS["mnist-cpu-cfg"] = replace(PRESETS["mnist-cpu"], model=replace(PRESETS["mnist-cpu"].model, num_classes=10),
                                    target="v", steps=4000, lr=5e-4, label_dropout=0.1, init_from="mnist")
 
