@@ -10,10 +10,15 @@ from ddpm_lib.training import TrainConfig, train
 from ddpm_lib.models.unet import UNetConfig
 
 
-def config(batch_size: int, conditional: bool = False) -> TrainConfig:
-    # conditional: a class-conditional U-Net with label dropout, whose draws must also match one process's
+def config(batch_size: int, kind: str = "unconditional") -> TrainConfig:
+    # conditional: a class-conditional U-Net with label dropout, whose draws must also match one process's;
+    # importance: learned variances, the hybrid loss and t = 1 oversampled, whose weights are split like t
+    conditional, importance = kind == "conditional", kind == "importance"
     return TrainConfig(
-        model=UNetConfig(channels=(8, 16), num_res_blocks=1, attention_heads=2, num_classes=10 if conditional else None),
+        model=UNetConfig(channels=(8, 16), num_res_blocks=1, attention_heads=2, num_classes=10 if conditional else None,
+                         learn_variance=importance),
+        loss="hybrid" if importance else "simple",
+        first_step_fraction=0.5 if importance else 0.0,
         label_dropout=0.3 if conditional else 0.0,
         schedule=linear_schedule(50),
         batch_size=batch_size,
@@ -38,6 +43,6 @@ if __name__ == "__main__":
     torch.set_num_threads(1)
     # torchrun tells each process its rank and the number of processes through the environment
     world, rank = int(os.environ["WORLD_SIZE"]), int(os.environ["RANK"])
-    conditional = len(sys.argv) > 3 and sys.argv[3] == "conditional"
-    train(config(batch_size=int(sys.argv[2]), conditional=conditional), sys.argv[1], steps=4, images=images(), labels=labels(),
+    kind = sys.argv[3] if len(sys.argv) > 3 else "unconditional"
+    train(config(batch_size=int(sys.argv[2]), kind=kind), sys.argv[1], steps=4, images=images(), labels=labels(),
           progress=False, world_size=world, rank=rank)

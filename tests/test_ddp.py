@@ -24,7 +24,7 @@ def _free_port() -> int:
 
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
-@pytest.mark.parametrize("kind", ["unconditional", "conditional"])
+@pytest.mark.parametrize("kind", ["unconditional", "conditional", "importance"])
 def test_two_gloo_processes_equal_one_process_with_double_batch(tmp_path, kind):
     worker = Path(__file__).parent / "ddp_worker.py"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
@@ -34,8 +34,8 @@ def test_two_gloo_processes_equal_one_process_with_double_batch(tmp_path, kind):
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     torch.set_num_threads(1)
-    conditional = kind == "conditional"  # with label dropout: its draws are made for the global batch
-    train(config(batch_size=16, conditional=conditional), tmp_path / "single", steps=4, images=images(), labels=labels(),
+    # label dropout's draws and the importance weights are made for the global batch, then split
+    train(config(batch_size=16, kind=kind), tmp_path / "single", steps=4, images=images(), labels=labels(),
           progress=False)
 
     a = read_checkpoint(tmp_path / "ddp" / "checkpoint.safetensors")
@@ -50,7 +50,7 @@ def test_two_gloo_processes_equal_one_process_with_double_batch(tmp_path, kind):
     # all weights at once (relative norm), not element by element.
     assert (wa - wb).norm() / wb.norm() < 1e-5
     # ...and this comparison can fail: a run with another batch size differs far more
-    train(config(batch_size=8, conditional=conditional), tmp_path / "other", steps=4, images=images(), labels=labels(),
+    train(config(batch_size=8, kind=kind), tmp_path / "other", steps=4, images=images(), labels=labels(),
           progress=False)
     c = read_checkpoint(tmp_path / "other" / "checkpoint.safetensors")
     wc = torch.cat([c.tensors[k].flatten() for k in keys])

@@ -28,7 +28,8 @@ HYBRID_LAMBDA = 1e-3
 
 
 def simple_loss(
-    output: torch.Tensor, x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor, schedule: Schedule, target: str = "eps"
+    output: torch.Tensor, x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor, schedule: Schedule, target: str = "eps",
+    importance_weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """:math:`L_\\text{simple}`: the mean squared error between the output and its target.
 
@@ -40,16 +41,34 @@ def simple_loss(
         x0, eps: the clean data and the noise that made ``xt``, same shape.
         t: integer timesteps, shape ``(B,)``, in ``1..T``.
         target: a name in :data:`~ddpm_lib.core.targets.TARGETS` (``"eps"``, ``"x0"``, ``"v"``, ``"score"``).
+        importance_weight: ``None`` or one importance weight per example, shape ``(B,)``
+            (:func:`~ddpm_lib.core.timesteps.oversample_first_step`).
 
     Returns:
-        A 0-d tensor: the mean over the batch and all dimensions.
+        A 0-d tensor: the mean over the batch and all dimensions (with ``importance_weight``: each example's mean times
+        its weight, then the mean over the batch).
 
     Raises:
         ValueError: for an unknown target or mismatched shapes.
     """
     if output.shape != x0.shape:
         raise ValueError(f"simple_loss: output {tuple(output.shape)} must have x0's shape {tuple(x0.shape)}.")
-    return torch.mean((output - target_from_x0_eps(x0, eps, t, schedule, target)) ** 2)
+    sq = (output - target_from_x0_eps(x0, eps, t, schedule, target)) ** 2
+    # without weights, one mean over everything, as before: a mean of per-example means adds in another order, and
+    # the runs written before importance sampling existed must resume and reproduce bit for bit
+    if importance_weight is None:
+        return torch.mean(sq)
+    return _weighted_mean(sq.reshape(sq.shape[0], -1).mean(dim=1), importance_weight)
+
+
+def _weighted_mean(per_example: torch.Tensor, importance_weight: torch.Tensor | None) -> torch.Tensor:
+    # the batch mean of per-example values, each times its importance weight (B,) if one is given
+    if importance_weight is None:
+        return per_example.mean()
+    if importance_weight.shape != per_example.shape:
+        raise ValueError(f"importance_weight must hold one value per example, shape {tuple(per_example.shape)}, "
+                         f"got {tuple(importance_weight.shape)}.")
+    return (per_example * importance_weight.to(per_example)).mean()
 
 
 def vlb_weight(t: torch.Tensor, schedule: Schedule, target: str, like: torch.Tensor) -> torch.Tensor:
@@ -83,12 +102,18 @@ def vlb_weight(t: torch.Tensor, schedule: Schedule, target: str, like: torch.Ten
 
 
 def vlb_loss(
-    output: torch.Tensor, x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor, schedule: Schedule, target: str = "eps"
+    output: torch.Tensor, x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor, schedule: Schedule, target: str = "eps",
+    importance_weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The VLB-weighted squared error, summed over pixels and averaged over the batch (nats per image).
 
     An unbiased estimate of :math:`\\sum_{t=1}^T L_{t-1} / T` up to the constant decoder terms when
-    ``t`` is uniform on ``1..T``; multiply by ``T`` for the sum. Book eq. ``kl-to-mse``.
+    ``t`` is uniform on ``1..T``, or drawn from another proposal with ``importance_weight`` its importance weights
+    (:func:`~ddpm_lib.core.timesteps.oversample_first_step`); multiply by ``T`` for the sum. Book eq. ``kl-to-mse``.
+
+    Args:
+        output, x0, eps, t, target: as for :func:`simple_loss`.
+        importance_weight: ``None`` or one weight per example, shape ``(B,)``.
 
     Returns:
         A 0-d tensor in nats per example.
@@ -100,11 +125,12 @@ def vlb_loss(
         raise ValueError(f"vlb_loss: output {tuple(output.shape)} must have x0's shape {tuple(x0.shape)}.")
     sq = (output - target_from_x0_eps(x0, eps, t, schedule, target)) ** 2
     w = vlb_weight(t, schedule, target, output)
-    return (w * sq).reshape(sq.shape[0], -1).sum(dim=1).mean()
+    return _weighted_mean((w * sq).reshape(sq.shape[0], -1).sum(dim=1), importance_weight)
 
 
 def hybrid_loss(
-    output: torch.Tensor, x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor, schedule: Schedule, target: str = "eps"
+    output: torch.Tensor, x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor, schedule: Schedule, target: str = "eps",
+    importance_weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """:math:`L_\\text{hybrid} = L_\\text{simple} + \\lambda L_\\text{vlb}` for a network with learned variances.
 
@@ -125,6 +151,9 @@ def hybrid_loss(
     Args:
         output: ``(B, 2C, ...)``; x0, eps: ``(B, C, ...)``, ``x0`` on the 8-bit pixel grid (the decoder term
             is defined only there); t: integers ``(B,)`` in ``1..T``.
+        importance_weight: ``None`` (``t`` uniform) or the importance weights ``(B,)`` of a ``t`` drawn from another
+            proposal (:func:`~ddpm_lib.core.timesteps.oversample_first_step`), applied to both terms, so that the
+            estimate stays unbiased for the same objective.
 
     Returns:
         A 0-d tensor: mean squared error per dimension plus :math:`\\lambda T` times bits per dimension.
@@ -137,13 +166,14 @@ def hybrid_loss(
     if v is None:
         raise ValueError(f"hybrid_loss needs a network with learned variances: 2 x {x0.shape[1]} output channels, "
                          f"got {output.shape[1]}. Set UNetConfig(learn_variance=True).")
-    mse = simple_loss(prediction, x0, eps, t, schedule, target)
+    mse = simple_loss(prediction, x0, eps, t, schedule, target, importance_weight)
     xt = q_sample(x0, t, eps, schedule)
     x0_hat = get_target(target).to_x0_eps(prediction.detach(), xt, t, schedule)[0]
     nats = vlb_term(x0, xt, t, x0_hat, schedule, learned_log_variance(v, t, schedule))
-    return mse + HYBRID_LAMBDA * schedule.T * bits_per_dim(nats, x0[0].numel()).mean()
+    return mse + HYBRID_LAMBDA * schedule.T * _weighted_mean(bits_per_dim(nats, x0[0].numel()), importance_weight)
 
 
 LOSSES = {"simple": simple_loss, "vlb": vlb_loss, "hybrid": hybrid_loss}
 """The training losses by name (``TrainConfig.loss``, :func:`ddpm_lib.training.train_toy`): each is
-``loss(output, x0, eps, t, schedule, target) -> 0-d tensor``."""
+``loss(output, x0, eps, t, schedule, target, importance_weight=None) -> 0-d tensor``, ``importance_weight`` the importance weights of
+a non-uniform ``t`` (:mod:`ddpm_lib.core.timesteps`)."""
