@@ -569,16 +569,20 @@ def test_with_fixed_variances_keeps_the_prediction_channels():
 TINY_LV = replace(TINY, model=replace(TINY.model, learn_variance=True), loss="hybrid")
 
 
+def train_full_and_resumed(config: TrainConfig, root, images):
+    """``full``: 4 steps in one go; ``resumed``: 2 steps, then resumed to 4 (one thread each, for bit-exactness).
+
+    Returns the two checkpoints' paths and the tensors of the resumed run at step 2."""
+    full = train(config, root / "full", steps=4, images=images, progress=False, threads=1)
+    at_2 = read_checkpoint(train(config, root / "resumed", steps=2, images=images, progress=False, threads=1)).tensors
+    resumed = train(config, root / "resumed", steps=4, images=images, progress=False, threads=1)
+    return full, resumed, at_2
+
+
 @pytest.fixture(scope="module")
 def tiny_hybrid_runs(tmp_path_factory):
-    """``full``: 4 steps in one go; ``resumed``: 2 steps, then resumed to 4 (one thread each, for bit-exactness)."""
-    root = tmp_path_factory.mktemp("hybrid")
     images = torch.randint(0, 256, (40, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-    full = train(TINY_LV, root / "full", steps=4, images=images, progress=False, threads=1)
-    part = train(TINY_LV, root / "resumed", steps=2, images=images, progress=False, threads=1)
-    at_2 = read_checkpoint(part).tensors
-    resumed = train(TINY_LV, root / "resumed", steps=4, images=images, progress=False, threads=1)
-    return full, resumed, at_2, images
+    return (*train_full_and_resumed(TINY_LV, tmp_path_factory.mktemp("hybrid"), images), images)
 
 
 def test_a_hybrid_run_resumes_bit_exactly_and_loads(tiny_hybrid_runs):

@@ -22,7 +22,7 @@ from ddpm_lib.core.timesteps import first_step_proposal, oversample_first_step
 from ddpm_lib.training import ddpm
 from ddpm_lib.training.ddpm import PRESETS, TrainConfig, train
 
-from test_learned_variance import TINY_LV
+from test_learned_variance import TINY_LV, train_full_and_resumed
 
 
 def test_first_step_proposal_is_the_mixture_of_a_point_mass_and_uniform():
@@ -118,10 +118,7 @@ def test_train_config_validates_the_fraction_and_old_runs_default_to_uniform():
 def tiny_runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("is")
     images = torch.randint(0, 256, (40, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-    cfg = replace(TINY_LV, first_step_fraction=0.5)
-    full = train(cfg, root / "full", steps=4, images=images, progress=False, threads=1)
-    train(cfg, root / "resumed", steps=2, images=images, progress=False, threads=1)
-    resumed = train(cfg, root / "resumed", steps=4, images=images, progress=False, threads=1)
+    full, resumed, _ = train_full_and_resumed(replace(TINY_LV, first_step_fraction=0.5), root, images)
     uniform = train(TINY_LV, root / "uniform", steps=2, images=images, progress=False, threads=1)
     return full, resumed, uniform, images
 
