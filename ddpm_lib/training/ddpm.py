@@ -167,7 +167,7 @@ PRESETS["mnist-cpu-lv"] = replace(PRESETS["mnist-cpu"], model=replace(PRESETS["m
 # batch at t = 1, the decoder term, which a uniform t visits once in 1000 draws although it is 38% of mnist-lv's bound.
 PRESETS["mnist-cpu-lv-is"] = replace(PRESETS["mnist-cpu-lv"], steps=4000, init_from="mnist-lv", first_step_fraction=0.125)
 # Its control: the same further steps from `mnist-lv` with a uniform t, so that what the proposal did is measured apart
-# from what more training did (its bound is shipped, not its weights).
+# from what more training did (shipped as `mnist-lv-control`, trained with --threads 1).
 PRESETS["mnist-cpu-lv-control"] = replace(PRESETS["mnist-cpu-lv-is"], first_step_fraction=0.0)
 # Classifier-free guidance (Part V): the mnist-cpu network made conditional (with a "no label" class) and fine-tuned
 # from the shipped `mnist` (v target) with label dropout 0.1, so that it learns the conditional denoiser and keeps the
