@@ -362,9 +362,9 @@ def test_train_applies_label_dropout(tmp_path, images, monkeypatch):
     seen = []
     real = training.batch_loss
 
-    def spy(net, x0, t, eps, config, bf16=False, y=None):
+    def spy(net, x0, t, eps, config, bf16=False, y=None, importance_weight=None):
         seen.append(y.clone())
-        return real(net, x0, t, eps, config, bf16, y)
+        return real(net, x0, t, eps, config, bf16, y, importance_weight)
 
     monkeypatch.setattr(training, "batch_loss", spy)
     labels = torch.arange(images.shape[0]) % 10

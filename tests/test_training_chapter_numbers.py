@@ -104,6 +104,46 @@ def test_the_best_ratio_and_its_distance_from_one(prose, table):
     assert round(load_vae_bpd() - bounds["mnist-lv"], 2) == 0.19 and round(load_vae_bpd() - bounds["mnist-lv-is"], 2) == 0.35
 
 
+def test_the_floor_is_random_digits_and_every_row_lies_above_it(prose, table):
+    assert table["floor_seed"] == 0  # random_real_sets, not consecutive blocks
+    assert "every row lies above the range of the five random sets of real digits" in prose
+    high = max(table["floor_values"]) / table["floor"]
+    assert all(r["fd_ratio"] > high for r in table["rows"])
+
+
+def test_the_rankings_the_prose_states(prose, table):
+    # "DPM-Solver++(2M) is best or level at every budget": no row beats it by two paired standard errors
+    assert "DPM-Solver++(2M) is best or level at every budget." in prose
+    for nfe in (10, 20, 50):
+        for other in ("ddpm-strided", "ddim"):
+            diff, se = _paired(table, other, "dpm-solver-2m", nfe)
+            assert diff / se > -2, (nfe, other, diff, se)
+    # "At 10 evaluations it (DPM-Solver++(2M)) beats the strided ancestral sampler by more than two paired standard
+    # errors, and the strided sampler does no better than DDIM."
+    assert "At 10 evaluations it beats the strided ancestral sampler by more than two paired standard errors" in prose
+    diff, se = _paired(table, "ddpm-strided", "dpm-solver-2m", 10)
+    assert diff > 0 and diff / se > 2, (diff, se)
+    diff, se = _paired(table, "ddpm-strided", "ddim", 10)
+    assert diff / se > -2, (diff, se)  # not significantly better
+    # "At 20 evaluations the strided sampler and DPM-Solver++(2M) do not differ significantly (the difference is
+    # within one standard error)."
+    assert "(the difference is within one standard error)" in prose
+    diff, se = _paired(table, "ddpm-strided", "dpm-solver-2m", 20)
+    assert abs(diff) < se, (diff, se)
+    # "At 50 evaluations the strided sampler is ahead of DDIM by more than two paired standard errors, and ahead of
+    # DPM-Solver++(2M) by less than two, which we do not count."
+    assert "At 50 evaluations the strided sampler is ahead of DDIM by more than two paired standard errors, and ahead of DPM-Solver++(2M) by less than two" in prose
+    diff, se = _paired(table, "ddpm-strided", "ddim", 50)
+    assert diff < 0 and -diff / se > 2, (diff, se)
+    diff, se = _paired(table, "ddpm-strided", "dpm-solver-2m", 50)
+    assert diff < 0 and -diff / se < 2, (diff, se)
+    # "DPM-Solver++(2M) beats DDIM (first order) by many paired standard errors at 10, 20 and 50 evaluations"
+    assert "DPM-Solver++(2M) beats DDIM (first order) by many paired standard errors at 10, 20 and 50 evaluations" in prose
+    for nfe in (10, 20, 50):
+        diff, se = _paired(table, "dpm-solver-2m", "ddim", nfe)
+        assert diff < 0 and -diff / se > 5, (nfe, diff, se)
+
+
 def test_the_bounds_the_prose_compares(prose):
     nll = _read("mnist-nll-test.json")
     from ddpm_lib.checkpoint import load_vae
